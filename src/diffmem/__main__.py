@@ -1,0 +1,3 @@
+from diffmem.cli import main
+
+raise SystemExit(main())

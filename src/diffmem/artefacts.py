@@ -1,0 +1,190 @@
+"""Artefact plumbing: atomic writes, config hashing, manifests, "is complete?" checks.
+
+Every artefact directory holds a ``manifest.json``::
+
+    {"stage": "dataset", "status": "complete", "config": {...}, "config_hash": "…",
+     "inputs": {...}, "version": "0.1.0", "created": "…", ...extra}
+
+An artefact either exists whole or not at all: files are written to a temporary sibling and
+moved into place with ``os.replace``; whole directories are built in a temporary sibling
+directory and renamed (see :func:`atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffmem import __version__
+from diffmem.errors import RunError, UsageError
+
+MANIFEST = "manifest.json"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, paths and NumPy scalars to plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):  # JSON has no NaN or inf
+        return None if obj != obj else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_hash(obj: Any, length: int = 16) -> str:
+    """Content address of a (resolved) config: sha256 of its canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def array_hash(a: np.ndarray, length: int = 16) -> str:
+    h = hashlib.sha256()
+    h.update(str(a.dtype).encode() + str(a.shape).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:length]
+
+
+def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp = _tmp_sibling(path)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` (uncompressed) written atomically; object arrays are refused."""
+    for k, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; only plain numeric arrays are saved")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and rename it to ``final`` on success.
+
+    On any exception the temporary directory is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        if any(final.iterdir()):
+            raise UsageError(f"--out: {str(final)!r} exists and is not empty; choose a new directory")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as e:
+        raise RunError(f"cannot create {final}: {e.strerror or e}") from e
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(
+    directory: str | os.PathLike,
+    stage: str,
+    config: Any,
+    *,
+    status: str = "complete",
+    inputs: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write ``manifest.json`` atomically and return it."""
+    cfg = to_jsonable(config)
+    manifest = {
+        "stage": stage,
+        "status": status,
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "inputs": to_jsonable(inputs or {}),
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **to_jsonable(extra),
+    }
+    atomic_write_json(Path(directory) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of ``directory``, or None when there is none or it is unreadable."""
+    path = Path(directory) / MANIFEST
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def is_complete(directory: str | os.PathLike, stage: str, config: Any | None = None) -> bool:
+    """True when ``directory`` holds a complete artefact of ``stage`` (and of ``config`` if given)."""
+    m = read_manifest(directory)
+    if m is None or m.get("stage") != stage or m.get("status") != "complete":
+        return False
+    return config is None or m.get("config_hash") == config_hash(config)

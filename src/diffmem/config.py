@@ -1,0 +1,302 @@
+"""Frozen dataclasses for every stage, their JSON round-trip, and the presets.
+
+Each dataclass is the single source of defaults for its stage. ``from_dict`` rejects unknown
+keys with a clear message, converts JSON lists back to tuples and nests sub-configs, so a
+``config.json`` written by one run rebuilds exactly the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diffmem.errors import UsageError
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset artefact is built (``diffmem data``)."""
+
+    source: str = "digits"  # digits | shapes[:k=v,…] | cifar10:PATH | zip:PATH | folder:PATH | npz:PATH
+    size: int | None = None  # images to keep (class-balanced); None = all
+    classes: int | None = None  # keep only this many classes of the source
+    labels: str = "none"  # true | none | random | unique
+    label_classes: int | None = None  # K for labels=random
+    resolution: int | None = None  # downsample to R×R; None = the source's
+    resample: str = "box"  # box | lanczos antialiasing filter for --resolution
+    mix: str | None = None  # second source for the intra-class diversity factor
+    mix_rate: float = 0.0  # fraction of images taken from ``mix``
+    seed: int = 0
+    nested: bool = True  # subsets for one seed are nested across sizes
+    near_dup_threshold: float = 0.0  # report pairs closer than this (RMS pixel distance, 0–255)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and preconditioner (DDPM++ / NCSN++ family, VP / VE / EDM)."""
+
+    arch: str = "ddpmpp"  # ddpmpp | ncsnpp
+    resolution: int = 32  # image side, filled in from the dataset
+    in_channels: int = 3  # filled in from the dataset
+    channels: int = 128  # base channel count (width)
+    channel_mult: tuple[int, ...] = (2, 2, 2)  # per resolution level
+    blocks: int = 2  # residual blocks per resolution (depth)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.13
+    embedding: str = "positional"  # positional | fourier time embedding
+    encoder: str = "standard"  # standard | residual (NCSN++)
+    skip_mask: tuple[bool, ...] | None = None  # one flag per encoder→decoder skip; None = all on
+    label_dim: int = 0  # number of label classes; 0 = unconditional
+    precond: str = "vp"  # vp | ve | edm
+    sigma_data: float = 0.5  # EDM
+    vp_beta_d: float = 19.9  # VP
+    vp_beta_min: float = 0.1
+    vp_M: int = 1000
+    vp_epsilon_t: float = 1e-5
+    ve_sigma_min: float = 0.02  # VE
+    ve_sigma_max: float = 100.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training procedure (``diffmem train``). Duration: ``kimg`` or ``epochs`` (one of them)."""
+
+    kimg: float | None = None  # training duration in thousands of images
+    epochs: float | None = None  # or in passes over the dataset
+    batch: int = 512  # total batch size
+    batch_per_device: int | None = None  # gradient accumulation down to this; None = no accumulation
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_kimg: float = 10.0  # linear lr warm-up
+    weight_decay: float = 0.0  # Adam's coupled L2 (as the reference study used)
+    ema_decay: float | None = None  # constant per-step EMA decay (0 = no EMA)
+    ema_halflife_kimg: float | None = 500.0  # or EMA by half-life (used when ema_decay is None)
+    ema_rampup_ratio: float | None = 0.05  # EDM's ramp-up of the half-life; None = off
+    snapshot_kimg: float | None = None  # EMA snapshot every this many kimg; None = final only
+    log_kimg: float | None = None  # stats.jsonl line every this many kimg; None = ~100 lines
+    state_kimg: float | None = None  # resumable state every this many kimg; None = at snapshots
+    P_mean: float = -1.2  # EDM loss: log σ ~ N(P_mean, P_std²)
+    P_std: float = 1.2
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and measurement
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """EDM sampler settings (``diffmem sample``)."""
+
+    solver: str = "heun"  # heun | euler
+    steps: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    S_churn: float = 0.0
+    S_min: float = 0.0
+    S_max: float = math.inf
+    S_noise: float = 1.0
+    batch: int = 1000  # samples per forward pass (does not change any sample)
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Memorization measurement (``diffmem measure``)."""
+
+    threshold: float = 1 / 3  # memorized when d1 / d2 < threshold
+    confidence: float = 0.95  # Wilson interval
+    backend: str = "torch"  # torch | faiss
+    device: str = "auto"
+    memory_mb: int = 1024  # working-memory budget of the search
+
+
+# ----------------------------------------------------------------------------------------------
+# EMM search and studies
+
+
+@dataclass(frozen=True)
+class EMMConfig:
+    """One EMM search: a data distribution, a model, a training procedure (``diffmem emm``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    n_samples: int = 10_000  # generated samples per measurement
+    epsilon: float = 0.1  # memorizes when ratio ≥ 1 − ε
+    size_min: int = 64
+    size_max: int = 1024
+    grid_factor: float = 2.0  # geometric bracketing grid
+    bracket_factor: float = 1.25  # stop when the bracket's sizes are within this factor
+    repeats: int = 1  # independent dataset draws and training seeds per size
+    optimal: bool = True  # also measure the closed-form optimum at each size
+    sizes: tuple[int, ...] | None = None  # fixed sizes instead of the search (the study's table mode)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """EMM (or ratio at fixed sizes) across the values of one or more factors (``diffmem study``)."""
+
+    base: EMMConfig = field(default_factory=EMMConfig)
+    factors: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # "model.channels": (16, 32, 64)
+    mode: str = "emm"  # emm | ratio
+    name: str = "study"
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON round-trip
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise UsageError(f"{where}: null is not allowed here")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: {value!r} is not valid; expected a list")
+        args = typing.get_args(tp)
+        elem = args[0] if args else Any
+        return tuple(_convert(v, elem, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: {value!r} is not valid; expected an object")
+        return {str(k): tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {value!r} is not valid; expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UsageError(f"{where}: {value!r} is not valid; expected an integer")
+        return value
+    if tp is float:
+        if value in ("inf", "-inf"):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where}: {value!r} is not valid; expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{where}: {value!r} is not valid; expected a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], d: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys."""
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise UsageError(f"{where}: {d!r} is not valid; expected an object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r}; expected one of {sorted(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    from diffmem.artefacts import to_jsonable
+
+    return to_jsonable(cfg)
+
+
+def replace_path(cfg: T, dotted: str, value: Any) -> T:
+    """``cfg`` with the field at ``dotted`` (e.g. ``"model.channels"``) set to ``value`` (type-checked)."""
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    if head not in names:
+        raise UsageError(f"factor {dotted!r}: unknown key {head!r}; expected one of {sorted(names)}")
+    if rest:
+        return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})  # type: ignore
+    hints = typing.get_type_hints(type(cfg))
+    return dataclasses.replace(cfg, **{head: _convert(value, hints[head], dotted)})  # type: ignore
+
+
+def load_json_config(cls: type[T], path: str | Path) -> T:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError as e:
+        raise UsageError(f"--config: {str(path)!r} does not exist") from e
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--config: {str(path)!r} is not readable JSON ({e})") from e
+    return from_dict(cls, d, where=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets: model + training recipes (``diffmem train --preset``) and EMM experiments
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # the reference study's basic setup (DDPM++ at 32×32, VP)
+    "paper-basic": ModelConfig(),
+    # a small two-level U-Net for 8×8 images that memorizes small subsets in minutes on 2 cores
+    "digits": ModelConfig(
+        resolution=8, in_channels=1, channels=32, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
+        dropout=0.0, precond="edm",
+    ),
+}
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "paper-basic": TrainConfig(epochs=40_000, batch=512, lr=2e-4, warmup_kimg=10.0, ema_halflife_kimg=500.0),
+    "digits": TrainConfig(
+        kimg=512.0, batch=128, lr=1e-3, warmup_kimg=25.6, ema_decay=0.999, ema_halflife_kimg=None,
+        ema_rampup_ratio=None, snapshot_kimg=128.0,
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(MODEL_PRESETS)
+
+
+def model_train_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
+    if name not in MODEL_PRESETS:
+        raise UsageError(f"--preset: {name!r} is not a preset; expected one of {preset_names()}")
+    return MODEL_PRESETS[name], TRAIN_PRESETS[name]

@@ -1,0 +1,139 @@
+"""Artefacts, config round-trip, image I/O and the CLI's error contract."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffmem import artefacts, config, io
+from diffmem.errors import RunError, UsageError
+
+
+def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    artefacts.atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        artefacts.atomic_write_json(target, {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_atomic_dir_removes_partial_build(tmp_path):
+    final = tmp_path / "art"
+    with pytest.raises(RuntimeError):
+        with artefacts.atomic_dir(final) as d:
+            (d / "half.npz").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with artefacts.atomic_dir(final) as d:
+        (d / "whole.npz").write_bytes(b"x")
+    assert (final / "whole.npz").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_write_to_read_only_dir_is_a_run_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits
+            pytest.skip("running as a user that can write anywhere")
+        with pytest.raises(RunError, match="cannot write"):
+            artefacts.atomic_write_json(ro / "m.json", {})
+    finally:
+        ro.chmod(0o700)
+
+
+def test_manifest_and_completeness(tmp_path):
+    cfg = config.DataConfig(size=64)
+    assert not artefacts.is_complete(tmp_path, "dataset", cfg)
+    artefacts.write_manifest(tmp_path, "dataset", cfg, status="running")
+    assert not artefacts.is_complete(tmp_path, "dataset", cfg)
+    artefacts.write_manifest(tmp_path, "dataset", cfg)
+    assert artefacts.is_complete(tmp_path, "dataset", cfg)
+    assert not artefacts.is_complete(tmp_path, "dataset", config.DataConfig(size=65))
+    assert not artefacts.is_complete(tmp_path, "run", cfg)
+
+
+def test_config_hash_is_order_independent():
+    assert artefacts.config_hash({"a": 1, "b": [1, 2]}) == artefacts.config_hash({"b": (1, 2), "a": 1})
+    assert artefacts.config_hash({"a": 1}) != artefacts.config_hash({"a": 2})
+
+
+@pytest.mark.parametrize("cls", [config.DataConfig, config.ModelConfig, config.TrainConfig,
+                                 config.SampleConfig, config.MeasureConfig, config.EMMConfig,
+                                 config.StudyConfig])
+def test_config_json_round_trip(cls):
+    cfg = cls()
+    text = json.dumps(config.to_dict(cfg), allow_nan=False)
+    assert config.from_dict(cls, json.loads(text)) == cfg
+
+
+def test_config_rejects_unknown_and_mistyped_keys():
+    with pytest.raises(UsageError, match="unknown key 'chanels'"):
+        config.from_dict(config.ModelConfig, {"chanels": 3})
+    with pytest.raises(UsageError, match="expected an integer"):
+        config.from_dict(config.ModelConfig, {"channels": "wide"})
+    with pytest.raises(UsageError, match="unknown key 'modle'"):
+        config.replace_path(config.EMMConfig(), "modle.channels", 3)
+
+
+def test_replace_path_sets_nested_values():
+    cfg = config.replace_path(config.EMMConfig(), "model.channel_mult", [1, 2])
+    assert cfg.model.channel_mult == (1, 2)
+
+
+def test_npz_round_trip_and_refusals(tmp_path, rng):
+    imgs = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    s = io.ImageSet(images=imgs, labels=np.arange(5), seeds=np.arange(5) + 10)
+    io.save_image_set(tmp_path / "a.npz", s)
+    back = io.load_images(tmp_path / "a.npz")
+    assert np.array_equal(back.images, imgs) and back.labels.dtype == np.int64
+    assert np.array_equal(back.seeds, np.arange(5) + 10)
+
+    np.savez(tmp_path / "obj.npz", images=np.array([object()], dtype=object))
+    with pytest.raises(UsageError, match="object arrays"):
+        io.load_images(tmp_path / "obj.npz")
+    np.savez(tmp_path / "nan.npz", images=np.full((2, 1, 4, 4), np.nan))
+    with pytest.raises(UsageError, match="NaN"):
+        io.load_images(tmp_path / "nan.npz")
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "a.npz").read_bytes()[:50])
+    with pytest.raises(UsageError, match="not a readable"):
+        io.load_images(tmp_path / "trunc.npz")
+    with pytest.raises(UsageError, match="no such file"):
+        io.load_images(tmp_path / "missing.npz")
+
+
+def test_image_folder_loads_and_refuses_mixed_channels(tmp_path, rng):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    s = io.load_images(d)
+    assert s.images.shape == (3, 3, 8, 8)
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / "3.png")
+    with pytest.raises(UsageError, match="grayscale and RGB mixed"):
+        io.load_images(d)
+
+
+def test_pixel_scale_round_trip():
+    u = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(io.to_uint8(io.to_model_scale(u)).numpy(), u)
+
+
+def test_cli_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "diffmem", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in ("data", "train", "sample", "measure", "emm", "study", "report"):
+        assert name in out.stdout
+
+
+def test_cli_bad_option_is_one_line_exit_2():
+    out = subprocess.run([sys.executable, "-m", "diffmem", "measure", "--no-such-option"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
