@@ -137,3 +137,19 @@ def test_cli_bad_option_is_one_line_exit_2():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_dir_lock_refuses_a_second_process(tmp_path):
+    code = ("import sys, time; from diffmem.artefacts import dir_lock\n"
+            "with dir_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=f"in use by another diffmem process \\(pid {holder.pid}\\)"):
+            with artefacts.dir_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with artefacts.dir_lock(tmp_path):  # a killed holder leaves no stale lock
+        pass

@@ -188,3 +188,33 @@ def is_complete(directory: str | os.PathLike, stage: str, config: Any | None = N
     if m is None or m.get("stage") != stage or m.get("status") != "complete":
         return False
     return config is None or m.get("config_hash") == config_hash(config)
+
+
+@contextlib.contextmanager
+def dir_lock(directory: str | os.PathLike, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` for as long as the block runs.
+
+    A second process that asks for the same directory is refused at once with a clear message
+    rather than both writing into it. The lock is an advisory ``flock`` on ``directory/.lock``;
+    the kernel drops it when the holder exits, so a killed process never leaves a stale lock.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunError(f"{option}: cannot use {str(directory)!r}: {e.strerror or e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UsageError(f"{option}: {str(directory)!r} is in use by another diffmem process "
+                             f"(pid {holder}); wait for it to finish or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
