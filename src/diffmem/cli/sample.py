@@ -1,14 +1,184 @@
-"""`diffmem sample` (not built yet)."""
+"""`diffmem sample`: samples of a trained run or of the closed-form optimum, written as a uint8 .npz."""
 
-from diffmem.cli.common import not_built
+from __future__ import annotations
 
-HELP = "(not built yet) see DESIGN.md §3"
-EXAMPLES = "  (none yet)\n"
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from diffmem.cli.common import print_json
+from diffmem.config import SampleConfig
+from diffmem.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+HELP = "generate samples with the EDM Heun sampler from a trained run or the closed-form optimum"
+EXAMPLES = """\
+  diffmem sample --optimal data/digits-64 --n 1000 --seed 0 --out gen/optimal.npz
+  diffmem sample --run runs/digits-64 --snapshot 256 --n 1000 --out gen/kimg256.npz
+  diffmem sample --run runs/cond --n 100 --label 3 --steps 32 --out gen/three.npz --json
+"""
+
+# SampleConfig field → the option that sets it (for error messages)
+OPTION_NAMES = {"solver": "--solver", "steps": "--steps", "sigma_min": "--sigma-min", "sigma_max": "--sigma-max",
+                "rho": "--rho", "S_churn": "--churn", "S_min": "--s-min", "S_max": "--s-max",
+                "S_noise": "--s-noise", "batch": "--batch"}
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = SampleConfig()
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN", help="a training run directory or a .safetensors checkpoint")
+    src.add_argument("--optimal", metavar="DIR", help="a dataset (artefact dir or .npz) whose closed-form optimum "
+                                                      "is sampled")
+    parser.add_argument("--snapshot", type=float, metavar="KIMG", help="with --run: the snapshot closest to KIMG "
+                                                                        "(default: the final weights)")
+    parser.add_argument("--n", type=int, required=True, help="number of samples")
+    parser.add_argument("--seed", type=int, default=0, help="sample k uses seed S+k (default 0)")
+    parser.add_argument("--out", required=True, metavar="FILE.npz", help="output: images uint8, labels, seeds")
+    parser.add_argument("--label", type=int, metavar="L", help="conditional models: give every sample label L "
+                                                               "(default: uniform per sample, from its seed)")
+    g = parser.add_argument_group("sampler")
+    g.add_argument("--solver", choices=("heun", "euler"), default=d.solver, help=f"ODE solver (default {d.solver})")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"noise levels (default {d.steps}; Heun evaluates "
+                                                              "the denoiser 2·steps−1 times)")
+    g.add_argument("--sigma-min", type=float, default=d.sigma_min, help=f"(default {d.sigma_min})")
+    g.add_argument("--sigma-max", type=float, default=d.sigma_max, help=f"(default {d.sigma_max})")
+    g.add_argument("--rho", type=float, default=d.rho, help=f"schedule exponent ρ (default {d.rho})")
+    g.add_argument("--churn", type=float, default=d.S_churn, help="stochastic churn S_churn (default 0: ODE)")
+    g.add_argument("--s-min", type=float, default=d.S_min, help=f"churn only for σ ≥ S_min (default {d.S_min})")
+    g.add_argument("--s-max", type=float, default=d.S_max, help="churn only for σ ≤ S_max (default inf)")
+    g.add_argument("--s-noise", type=float, default=d.S_noise, help=f"churn noise scale (default {d.S_noise})")
+    g.add_argument("--batch", type=int, default=d.batch, help=f"samples per pass (default {d.batch}; does not "
+                                                              "change any sample)")
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--unconditional", action="store_true",
+                   help="with --optimal: ignore the dataset's labels (default: conditional when it has label classes)")
+    g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="with --optimal: compute dtype of the optimum (default float64)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def run(args):
-    return not_built("sample")
+def _config(args: argparse.Namespace) -> SampleConfig:
+    from diffmem.sample import check_sample_config
+
+    cfg = SampleConfig(solver=args.solver, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                       rho=args.rho, S_churn=args.churn, S_min=args.s_min, S_max=args.s_max, S_noise=args.s_noise,
+                       batch=args.batch, device=args.device)
+    check_sample_config(cfg, OPTION_NAMES)
+    return cfg
+
+
+def load_training_set(path: str):
+    """The images and label_classes of a dataset artefact (or of any image set: classes from its labels)."""
+    from diffmem.artefacts import read_manifest
+    from diffmem.io import load_images
+
+    p = Path(path)
+    if p.is_dir() and read_manifest(p) is not None:
+        try:
+            from diffmem.data import load_dataset
+        except ImportError:
+            load_dataset = None
+        if load_dataset is not None:
+            return load_dataset(p)
+        manifest = read_manifest(p) or {}
+        images = load_images(p)
+        if "label_classes" in manifest:
+            return images, int(manifest["label_classes"])
+    else:
+        images = load_images(p)
+    labels = images.labels
+    classes = int(labels.max()) + 1 if labels is not None and len(labels) and labels.min() >= 0 else 0
+    return images, classes
+
+
+def _optimal(args: argparse.Namespace, cfg: SampleConfig):
+    import torch
+
+    from diffmem.devices import resolve_device
+    from diffmem.sample import OptimalDenoiser
+
+    train, classes = load_training_set(args.optimal)
+    if args.unconditional:
+        classes = 0
+    device = resolve_device(cfg.device)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    denoiser = OptimalDenoiser(train.images, train.labels if classes > 0 else None, label_dim=classes, dtype=dtype,
+                               device=device)
+    kind = f"{classes} classes" if classes else "unconditional"
+    return denoiser, f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype}, {device})"
+
+
+def _trained(args: argparse.Namespace, cfg: SampleConfig):
+    from diffmem.devices import resolve_device
+
+    try:
+        from diffmem.train.checkpoints import load_denoiser
+    except ImportError as e:
+        raise UsageError("--run: loading trained runs is not available in this installation "
+                         f"({e}); expected diffmem.train.checkpoints") from e
+    device = resolve_device(cfg.device)
+    denoiser, model_cfg = load_denoiser(args.run, snapshot_kimg=args.snapshot, device=str(device))
+    denoiser.eval()
+    which = "final weights" if args.snapshot is None else f"snapshot nearest {args.snapshot:g} kimg"
+    return denoiser, f"trained denoiser {args.run} ({which}, {model_cfg.precond}, {device})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffmem.io import save_image_set
+    from diffmem.sample import generate
+
+    cfg = _config(args)
+    if args.n < 1:
+        raise UsageError(f"--n: {args.n} is not valid; expected an integer >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed: {args.seed} is not valid; expected an integer >= 0")
+    if not args.out.endswith(".npz"):
+        raise UsageError(f"--out: {args.out!r} is not valid; expected a file name ending in .npz")
+    if args.snapshot is not None and args.run is None:
+        raise UsageError(f"--snapshot: {args.snapshot:g} given without --run; expected --run RUN")
+    if args.snapshot is not None and not (args.snapshot >= 0 and math.isfinite(args.snapshot)):
+        raise UsageError(f"--snapshot: {args.snapshot} is not valid; expected a number of kimg >= 0")
+    if args.unconditional and args.optimal is None:
+        raise UsageError("--unconditional: applies to --optimal only; expected --optimal DIR")
+    if args.dtype != "float64" and args.optimal is None:
+        raise UsageError(f"--dtype: {args.dtype!r} applies to --optimal only; a trained model computes in its own "
+                         "dtype")
+    denoiser, what = _optimal(args, cfg) if args.optimal is not None else _trained(args, cfg)
+    label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
+    if args.label is not None and not 0 <= args.label < label_dim:
+        expected = f"0..{label_dim - 1}" if label_dim else "no --label (the denoiser is unconditional)"
+        raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
+
+    t0 = time.perf_counter()
+    samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - t0
+    save_image_set(args.out, samples)
+
+    evals = (2 * cfg.steps - 1) if cfg.solver == "heun" else cfg.steps
+    counts = {int(k): int(v) for k, v in zip(*np.unique(samples.labels, return_counts=True)) if k >= 0}
+    summary = {
+        "out": args.out, "n_samples": args.n, "seed_first": args.seed, "seed_last": args.seed + args.n - 1,
+        "image_shape": list(samples.shape), "label_dim": label_dim, "label_counts": counts, "denoiser": what,
+        "solver": cfg.solver, "steps": cfg.steps, "denoiser_evaluations_per_sample": evals,
+        "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho, "S_churn": cfg.S_churn,
+        "seconds": round(seconds, 3),
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    shape = "×".join(str(s) for s in samples.shape)
+    labels = (f"labels from {label_dim} classes ({len(counts)} used)" if label_dim else "unlabeled (label −1)")
+    print(f"wrote {args.n} samples (uint8 {shape}; seeds {args.seed}..{args.seed + args.n - 1}; {labels}) "
+          f"to {args.out}")
+    print(f"denoiser: {what}")
+    print(f"sampler: {cfg.solver}, {cfg.steps} steps ({evals} denoiser evaluations per sample), "
+          f"σ from {cfg.sigma_max:g} to {cfg.sigma_min:g}, ρ={cfg.rho:g}, churn S_churn={cfg.S_churn:g}; "
+          f"{seconds:.2f} s")
+    return 0

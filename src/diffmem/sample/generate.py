@@ -1,0 +1,154 @@
+"""``generate``: n samples of a denoiser with the EDM sampler, one seed per sample, as uint8 images."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import numpy as np
+import torch
+
+from diffmem.config import SampleConfig
+from diffmem.devices import resolve_device
+from diffmem.errors import UsageError
+from diffmem.io import ImageSet, to_uint8
+from diffmem.sample.noise import SEED_MAX, SeedNoise
+from diffmem.sample.schedule import schedule_for
+from diffmem.sample.solvers import SOLVERS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = SampleConfig()
+
+# option names the checks below use in their messages (the CLI passes its own)
+FIELD_NAMES = {f: f for f in ("solver", "steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max",
+                              "S_noise", "batch")}
+
+
+def check_sample_config(cfg: SampleConfig, names: dict[str, str] | None = None) -> None:
+    """Raise a one-line UsageError naming the first invalid setting of ``cfg``."""
+    names = {**FIELD_NAMES, **(names or {})}
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            raise UsageError(f"{names[field]}: {getattr(cfg, field)!r} is not valid; expected {expected}")
+
+    need(cfg.solver in SOLVERS, "solver", f"one of {sorted(SOLVERS)}")
+    need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1")
+    need(0 < cfg.sigma_min < math.inf, "sigma_min", "a finite number > 0")
+    need(cfg.sigma_min <= cfg.sigma_max < math.inf, "sigma_max", f"a finite number >= sigma_min ({cfg.sigma_min})")
+    need(0 < cfg.rho < math.inf, "rho", "a finite number > 0")
+    need(0 <= cfg.S_churn < math.inf, "S_churn", "a finite number >= 0")
+    need(cfg.S_min >= 0, "S_min", "a number >= 0")
+    need(cfg.S_max >= cfg.S_min, "S_max", f"a number >= S_min ({cfg.S_min})")
+    need(0 <= cfg.S_noise < math.inf, "S_noise", "a finite number >= 0")
+    need(isinstance(cfg.batch, int) and cfg.batch >= 1, "batch", "an integer >= 1")
+
+
+def _denoiser_device(denoiser, fallback: str) -> torch.device:
+    if isinstance(denoiser, torch.nn.Module):
+        for t in (*denoiser.parameters(), *denoiser.buffers()):
+            return t.device
+    return resolve_device(fallback)
+
+
+def _image_shape(denoiser) -> tuple[int, int, int]:
+    try:
+        return int(denoiser.in_channels), int(denoiser.resolution), int(denoiser.resolution)
+    except AttributeError as e:
+        raise UsageError(f"denoiser: {type(denoiser).__name__} has no {e.name!r} attribute; expected "
+                         "in_channels, resolution and label_dim") from e
+
+
+def sample_seeds(
+    denoiser,
+    seeds: np.ndarray | torch.Tensor,
+    cfg: SampleConfig = DEFAULT_CONFIG,
+    *,
+    labels: torch.Tensor | None = None,
+    callback=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch: the float64 final states (model scale) of the samples with these seeds, and their labels.
+
+    Sample k's initial noise, label (drawn uniformly from ``denoiser.label_dim`` classes unless
+    ``labels`` is given) and churn noise all come from a generator seeded with ``seeds[k]``, in that
+    order, so the result for one seed does not depend on the other seeds in the batch.
+    """
+    check_sample_config(cfg)
+    shape = _image_shape(denoiser)
+    device = _denoiser_device(denoiser, cfg.device)
+    noise = SeedNoise(seeds)
+    sigmas = schedule_for(denoiser, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    # the initial state x_0 ~ N(0, σ_0² I) at the schedule's first level
+    x = noise.randn(shape, device=device) * float(sigmas[0])
+    label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
+    if label_dim > 0:
+        drawn = noise.randint(label_dim)
+        labels = drawn if labels is None else torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        if labels.shape[0] != len(noise):
+            raise UsageError(f"labels: {labels.shape[0]} labels for {len(noise)} samples; expected one per sample")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
+            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
+                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
+        labels = labels.to(device)
+    else:
+        labels = None
+    solve = SOLVERS[cfg.solver]
+    with torch.no_grad():
+        x0 = solve(denoiser, x, sigmas, labels=labels, randn_like=noise.randn_like, S_churn=cfg.S_churn,
+                   S_min=cfg.S_min, S_max=cfg.S_max, S_noise=cfg.S_noise, callback=callback)
+    return x0, (labels.cpu() if labels is not None else None)
+
+
+def generate(
+    denoiser,
+    n: int,
+    seed: int,
+    cfg: SampleConfig = DEFAULT_CONFIG,
+    *,
+    labels: np.ndarray | torch.Tensor | int | None = None,  # per-sample labels, one label for all, or None (drawn)
+    progress: bool = False,                                  # tqdm bar on stderr (per denoiser step)
+) -> ImageSet:
+    """``n`` samples with seeds ``seed + arange(n)`` in batches of ``cfg.batch``, quantised to uint8.
+
+    The denoiser runs on its own device (that of its first parameter or buffer, else ``cfg.device``).
+    Returned labels are the ones sampled with (−1 for an unconditional denoiser). Sample k depends
+    only on its seed and ``cfg`` (not on ``cfg.batch``).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UsageError(f"n: {n!r} is not valid; expected an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX - n:
+        raise UsageError(f"seed: {seed!r} is not valid; expected an integer in [0, 2**63 - 1 - n]")
+    check_sample_config(cfg)
+    shape = _image_shape(denoiser)
+    label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
+    if labels is not None and label_dim > 0:
+        labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.shape[0] != n:
+            raise UsageError(f"labels: {labels.shape[0]} labels for {n} samples; expected one per sample or one")
+    elif labels is not None:
+        log.info("labels ignored: the denoiser is unconditional (label_dim=0)")
+        labels = None
+    seeds = int(seed) + np.arange(n, dtype=np.int64)
+    images = np.empty((n, *shape), dtype=np.uint8)
+    out_labels = np.full(n, -1, dtype=np.int64)
+    n_batches = -(-n // cfg.batch)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_batches * cfg.steps, desc=f"sampling {n} images ({n_batches} batches × {cfg.steps} steps)",
+               unit="step", file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for b in range(n_batches):
+            lo, hi = b * cfg.batch, min(n, (b + 1) * cfg.batch)
+            x0, lab = sample_seeds(denoiser, seeds[lo:hi], cfg, labels=None if labels is None else labels[lo:hi],
+                                   callback=lambda *_: bar.update(1))
+            images[lo:hi] = to_uint8(x0).cpu().numpy()
+            if lab is not None:
+                out_labels[lo:hi] = lab.numpy()
+            log.debug("sampled images %d..%d of %d", lo, hi - 1, n)
+    finally:
+        bar.close()
+    return ImageSet(images=images, labels=out_labels, seeds=seeds)
