@@ -158,6 +158,9 @@ class EMMConfig:
     repeats: int = 1  # independent dataset draws and training seeds per size
     optimal: bool = True  # also measure the closed-form optimum at each size
     sizes: tuple[int, ...] | None = None  # fixed sizes instead of the search (the study's table mode)
+    parallel: int = 1  # sizes measured per search round (1 = binary search; more keeps Ray workers busy)
+    refine_repeats: int = 0  # extra repeats for bracket sizes whose interval straddles 1 − ε
+    sample_seed: int = 0  # seed of the first generated sample of every measurement
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""``diffmem emm``: find the EMM of one recipe (plan → execute → measure → decide → results).
+
+Directory of an EMM search::
+
+    config.json      the resolved EMMConfig          manifest.json   stage "emm", status
+    plan.json        the jobs in the order run       emm.json        the result (see EMMResult.summary)
+    results.jsonl    one row per run × snapshot      results.csv     the same table
+    jobs/<job>/      one content-addressed job each (see diffmem.sweep.jobs)
+
+Rerunning on the same directory replays the search against the finished jobs and continues where it
+stopped; a directory holding an EMM of another config is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, to_jsonable, write_manifest
+from diffmem.config import EMMConfig, to_dict
+from diffmem.errors import UsageError
+from diffmem.sweep.backends import Backend, LocalBackend
+from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
+from diffmem.sweep.jobs import JobSpec
+from diffmem.sweep.search import find_bracket, max_measurements, next_sizes
+from diffmem.sweep.synthetic import SyntheticCurve
+from diffmem.sweep.table import write_table
+
+log = logging.getLogger(__name__)
+EMM_STAGE = "emm"
+
+
+@dataclass
+class EMMResult:
+    """Outcome of an EMM search (or of a fixed-size ratio table when ``config.sizes`` is set)."""
+
+    config: EMMConfig
+    estimate: Estimate
+    points: list[Point]
+    optimal: dict[int, float]
+    n_trainings: int  # training runs the plan needed (reused ones included)
+    n_trained_now: int  # of those, run by this invocation
+    wall_s: float
+    rows: list[dict[str, Any]]
+    flagged: list[int]  # sizes whose interval straddles 1 − ε
+
+    @property
+    def threshold(self) -> float:
+        return 1.0 - self.config.epsilon
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` object: emm, bracket, ci, points, optimal, n_trainings, wall_s."""
+        e = self.estimate
+        return {
+            "emm": e.emm,
+            "bracket": list(e.bracket),
+            "ci": list(e.ci),
+            "points": [{"size": p.size, "ratio": p.ratio, "ci": list(p.ci), "best_snapshot_kimg": p.best_snapshot_kimg,
+                        "n_samples": p.n_samples} for p in self.points],
+            "optimal": {str(s): r for s, r in sorted(self.optimal.items())},
+            "n_trainings": self.n_trainings,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+    def details(self) -> dict[str, Any]:
+        """``emm.json``: the summary plus the threshold, flags and per-repeat numbers."""
+        d = self.summary()
+        d.update({
+            "threshold": self.threshold, "epsilon": self.config.epsilon, "flagged": self.flagged,
+            "below_range": self.estimate.below_range, "above_range": self.estimate.above_range,
+            "n_trained_now": self.n_trained_now,
+            "points_detail": [{"size": p.size, "ratio": p.ratio, "ci": list(p.ci), "n_memorized": p.n_memorized,
+                               "n_samples": p.n_samples, "straddles": p.straddles(self.threshold),
+                               "repeats": [dataclasses.asdict(r) for r in p.repeats]} for p in self.points],
+        })
+        return d
+
+
+def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve | None = None) -> JobSpec:
+    """The resolved, content-addressed job for one size and repeat of ``cfg``."""
+    if synthetic is not None:
+        return JobSpec("synthetic", size, repeat, {"size": size, "repeat": repeat, "n_samples": cfg.n_samples,
+                                                   "curve": to_dict(synthetic)})
+    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat)
+    train = dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
+    return JobSpec("train", size, repeat, {
+        "data": to_dict(data), "model": to_dict(cfg.model), "train": to_dict(train), "sample": to_dict(cfg.sample),
+        "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
+        "optimal": bool(cfg.optimal and repeat == 0),
+    })
+
+
+def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
+    """The run's best snapshot: the highest ratio (earliest on ties), the reference protocol."""
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    best = max(train_rows, key=lambda r: (r["ratio"], -(r["snapshot_kimg"] or 0.0)))
+    return RepeatResult(repeat=repeat, ratio=best["ratio"], n_memorized=best["n_memorized"],
+                        n_samples=best["n_samples"], best_snapshot_kimg=best["snapshot_kimg"])
+
+
+def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> dict[str, Any]:
+    ident = {"emm": to_dict(cfg), "synthetic": to_dict(synthetic) if synthetic else None}
+    m = read_manifest(out)
+    if m is not None and m.get("config_hash") != config_hash(ident):
+        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
+                         "choose a new directory or rerun with the same config to resume")
+    if m is None and out.exists() and any(p.name not in ("jobs", ".lock") for p in out.iterdir()):
+        raise UsageError(f"--out: {str(out)!r} exists and is not an EMM directory; choose a new directory")
+    return ident
+
+
+def run_emm(
+    cfg: EMMConfig,
+    out: str | Path,
+    *,
+    backend: Backend | None = None,   # where jobs run (default: this process)
+    jobs_root: str | Path | None = None,  # job directories (default out/jobs; a study shares one)
+    synthetic: SyntheticCurve | None = None,  # a known curve instead of training (tests, dry runs)
+    progress: bool = False,           # a progress bar of the whole plan on stderr
+    on_job: Callable[[JobSpec, bool], None] | None = None,  # called after each job (spec, reused)
+) -> EMMResult:
+    """Find the EMM of ``cfg`` (or the ratios at ``cfg.sizes``), resuming whatever ``out`` already holds."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    _validate(cfg)
+    ident = _check_out(out, cfg, synthetic)
+    with dir_lock(out):
+        return _run(cfg, out, ident, t0, backend=backend, jobs_root=jobs_root, synthetic=synthetic,
+                    progress=progress, on_job=on_job)
+
+
+def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend: Backend | None,
+         jobs_root: str | Path | None, synthetic: SyntheticCurve | None, progress: bool,
+         on_job: Callable[[JobSpec, bool], None] | None) -> EMMResult:
+    from tqdm.auto import tqdm
+
+    jobs_root = Path(jobs_root) if jobs_root is not None else out / "jobs"
+    atomic_write_json(out / "config.json", to_dict(cfg))
+    write_manifest(out, EMM_STAGE, ident, status="running")
+    backend = backend or LocalBackend()
+    threshold = 1.0 - cfg.epsilon
+
+    plan: list[JobSpec] = []
+    rows_by_job: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[int, dict[int, RepeatResult]] = {}
+    optimal: dict[int, float] = {}
+    trained_now = 0
+    bound = (len(cfg.sizes) if cfg.sizes else max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
+                                                                cfg.bracket_factor)) * cfg.repeats
+    bar = tqdm(total=bound, desc="emm jobs", unit="job", file=sys.stderr, disable=not progress, leave=False)
+
+    def done(spec: JobSpec, rows: list[dict[str, Any]], reused: bool) -> None:
+        nonlocal trained_now
+        trained_now += 0 if reused else 1
+        if bar.total is not None and bar.n >= bar.total:
+            bar.total = bar.n + 1
+        bar.update(1)
+        bar.set_postfix_str(f"|D|={spec.size} repeat {spec.repeat}{' (reused)' if reused else ''}")
+        if on_job:
+            on_job(spec, reused)
+
+    try:
+        while True:
+            ratios = {s: pool(s, list(r.values())).ratio for s, r in runs.items()}
+            if cfg.sizes:
+                sizes = [s for s in cfg.sizes if s not in runs]
+            else:
+                sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
+                                   grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
+                                   parallel=cfg.parallel)
+            specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
+            if not specs and cfg.refine_repeats > 0:
+                specs = _refinements(cfg, runs, ratios, threshold, synthetic)
+            if not specs:
+                break
+            plan.extend(specs)
+            atomic_write_json(out / "plan.json", {"jobs": [s.dirname for s in plan]})
+            results = backend.run(specs, jobs_root, done)
+            for spec in specs:
+                rows_by_job[spec.key] = rows = results[spec.key]
+                runs.setdefault(spec.size, {})[spec.repeat] = best_of_run(rows, spec.repeat)
+                for r in rows:
+                    if r["kind"] == "optimal":
+                        optimal[spec.size] = r["ratio"]
+                log.info("|D|=%d repeat %d: best ratio %.3f", spec.size, spec.repeat,
+                         runs[spec.size][spec.repeat].ratio)
+    finally:
+        bar.close()
+
+    points = [pool(s, [r[k] for k in sorted(r)]) for s, r in sorted(runs.items())]
+    all_rows = [row for spec in plan for row in rows_by_job[spec.key]]
+    write_table(out, all_rows)
+    result = EMMResult(config=cfg, estimate=estimate(points, threshold), points=points, optimal=optimal,
+                       n_trainings=len({s.key for s in plan}), n_trained_now=trained_now,
+                       wall_s=time.perf_counter() - t0, rows=all_rows,
+                       flagged=[p.size for p in points if p.straddles(threshold)])
+    atomic_write_json(out / "emm.json", result.details())
+    write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()))
+    return result
+
+
+def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratios: dict[int, float],
+                 threshold: float, synthetic: SyntheticCurve | None) -> list[JobSpec]:
+    """One more repeat for each bracket size whose interval straddles 1 − ε (up to refine_repeats more)."""
+    br = find_bracket(ratios, threshold)
+    specs = []
+    for s in (br.low, br.high):
+        if s is None:
+            continue
+        p = pool(s, list(runs[s].values()))
+        if p.straddles(threshold) and len(runs[s]) < cfg.repeats + cfg.refine_repeats:
+            specs.append(job_spec(cfg, s, len(runs[s]), synthetic))
+    return specs
+
+
+def _validate(cfg: EMMConfig) -> None:
+    if not 0 < cfg.epsilon < 1:
+        raise UsageError(f"epsilon: {cfg.epsilon!r} is not valid; expected a number in (0, 1)")
+    if cfg.n_samples < 1:
+        raise UsageError(f"n_samples: {cfg.n_samples!r} is not valid; expected an integer ≥ 1")
+    if cfg.repeats < 1:
+        raise UsageError(f"repeats: {cfg.repeats!r} is not valid; expected an integer ≥ 1")
+    if cfg.refine_repeats < 0:
+        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid; expected an integer ≥ 0")
+    if cfg.sizes is not None and (not cfg.sizes or min(cfg.sizes) < 1):
+        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid; expected a list of sizes ≥ 1")
+    if cfg.sizes is None and not (1 <= cfg.size_min <= cfg.size_max):
+        raise UsageError(f"size_min, size_max: [{cfg.size_min}, {cfg.size_max}] is not valid; "
+                         "expected 1 ≤ size_min ≤ size_max")

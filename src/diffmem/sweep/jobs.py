@@ -1,0 +1,186 @@
+"""One job of a sweep: build the subset → train with snapshots → sample every snapshot → measure.
+
+A job is content-addressed by its resolved config: its directory under ``<sweep>/jobs/`` is named
+``<kind>-s<size>-r<repeat>-<hash>`` and holds ``manifest.json`` (stage ``sweep-job``),
+``result.json`` (one row per snapshot, and one for the closed-form optimum when asked) and the
+stage artefacts (``dataset/``, ``run/``, ``snapshots/<kimg>/``, ``optimal/``). A job whose manifest
+says complete is read back, never redone; an interrupted job resumes stage by stage (the dataset and
+every measured snapshot are reused, training resumes from its last state).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffmem.artefacts import (
+    atomic_dir,
+    atomic_write_json,
+    config_hash,
+    is_complete,
+    read_manifest,
+    write_manifest,
+)
+from diffmem.errors import RunError
+
+log = logging.getLogger(__name__)
+
+JOB_STAGE = "sweep-job"
+SNAPSHOT_STAGE = "sweep-measurement"
+ROW_KEYS = ("kind", "size", "repeat", "snapshot_kimg", "ratio", "ci_low", "ci_high", "n_memorized", "n_samples",
+            "n_train", "threshold", "job")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one job computes: ``kind`` (train | synthetic), the size, the repeat and its resolved config."""
+
+    kind: str
+    size: int
+    repeat: int
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return config_hash({"kind": self.kind, "config": self.config})
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.kind}-s{self.size}-r{self.repeat}-{self.key}"
+
+
+def job_dir(root: Path, spec: JobSpec) -> Path:
+    return Path(root) / spec.dirname
+
+
+def read_result(directory: Path, spec: JobSpec) -> list[dict[str, Any]] | None:
+    """The rows of a complete job of exactly this config, or None."""
+    if not is_complete(directory, JOB_STAGE, {"kind": spec.kind, "config": spec.config}):
+        return None
+    m = read_manifest(directory)
+    rows = m.get("rows") if m else None
+    return rows if isinstance(rows, list) else None
+
+
+def run_job(spec: JobSpec, directory: str | Path) -> list[dict[str, Any]]:
+    """Run (or resume, or read back) one job and return its rows."""
+    directory = Path(directory)
+    done = read_result(directory, spec)
+    if done is not None:
+        return done
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest_cfg = {"kind": spec.kind, "config": spec.config}
+    write_manifest(directory, JOB_STAGE, manifest_cfg, status="running", size=spec.size, repeat=spec.repeat)
+    t0 = time.perf_counter()
+    if spec.kind == "train":
+        rows = _train_job(spec, directory)
+    elif spec.kind == "synthetic":
+        from diffmem.sweep.synthetic import synthetic_rows
+
+        rows = synthetic_rows(spec)
+    else:
+        raise RunError(f"job {spec.dirname}: unknown kind {spec.kind!r}; expected train or synthetic")
+    for r in rows:
+        r["job"] = spec.dirname
+    atomic_write_json(directory / "result.json", {"rows": rows})
+    write_manifest(directory, JOB_STAGE, manifest_cfg, size=spec.size, repeat=spec.repeat, rows=rows,
+                   job_s=round(time.perf_counter() - t0, 3))
+    return rows
+
+
+def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": kind, "size": spec.size, "repeat": spec.repeat, "snapshot_kimg": snapshot_kimg,
+        "ratio": float(summary["memorization_ratio"]), "ci_low": float(summary["ci_low"]),
+        "ci_high": float(summary["ci_high"]), "n_memorized": int(summary["n_memorized"]),
+        "n_samples": int(summary["n_samples"]), "n_train": int(summary["n_train"]),
+        "threshold": float(summary["threshold"]),
+    }
+
+
+def _sample_labels(train_labels: np.ndarray | None, label_classes: int, n: int, seed: int):
+    """Labels for conditional sampling: drawn from the training labels (so their frequencies match)."""
+    if label_classes <= 0 or train_labels is None:
+        return None
+    import torch
+
+    rng = np.random.default_rng(seed)
+    return torch.as_tensor(train_labels[rng.integers(0, len(train_labels), size=n)], dtype=torch.long)
+
+
+def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any]) -> dict[str, Any]:
+    """Measure ``samples`` against ``train_set`` into the measurement directory ``final`` (atomically)."""
+    from diffmem.io import save_image_set
+    from diffmem.measure import measure, write_measurement
+
+    m = measure(samples, train_set, measure_cfg)
+    with atomic_dir(final, overwrite=True) as tmp:
+        write_measurement(m, tmp, samples=samples, train=train_set)
+        save_image_set(tmp / "samples.npz", samples)
+        write_manifest(tmp, SNAPSHOT_STAGE, what, summary=m.summary)
+    return dict(m.summary)
+
+
+def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
+    if not is_complete(final, SNAPSHOT_STAGE, what):
+        return None
+    m = read_manifest(final)
+    return m.get("summary") if m else None
+
+
+def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
+    """Dataset → training with snapshots → samples and measurement per snapshot (+ the optimum)."""
+    from diffmem.train.checkpoints import list_snapshots, load_denoiser
+
+    from diffmem.config import DataConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, from_dict
+    from diffmem.data import build_dataset, load_dataset
+    from diffmem.devices import resolve_device
+    from diffmem.sample import OptimalDenoiser, generate
+    from diffmem.train import train
+
+    c = spec.config
+    data_cfg = from_dict(DataConfig, c["data"], "job.data")
+    model_cfg = from_dict(ModelConfig, c["model"], "job.model")
+    train_cfg = from_dict(TrainConfig, c["train"], "job.train")
+    sample_cfg = from_dict(SampleConfig, c["sample"], "job.sample")
+    measure_cfg = from_dict(MeasureConfig, c["measure"], "job.measure")
+    n, seed = int(c["n_samples"]), int(c["sample_seed"])
+
+    data_dir = build_dataset(data_cfg, directory / "dataset")
+    train_set, label_classes = load_dataset(data_dir)
+    labels = _sample_labels(train_set.labels, label_classes, n, seed)
+    rows: list[dict[str, Any]] = []
+
+    if c.get("optimal"):
+        what = {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"], "n": n,
+                "seed": seed}
+        summary = _measured(directory / "optimal", what)
+        if summary is None:
+            log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
+            D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
+                                label_dim=label_classes)
+            samples = generate(D, n, seed, sample_cfg, labels=labels)
+            summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what)
+        rows.append(_row("optimal", spec, None, summary))
+
+    run_dir = train(data_dir, directory / "run", model_cfg, train_cfg, progress=False)
+    snapshots = list_snapshots(run_dir)
+    if not snapshots:
+        raise RunError(f"job {spec.dirname}: training wrote no snapshots in {run_dir}")
+    for kimg, path in snapshots:
+        what = {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"],
+                "sample": c["sample"], "measure": c["measure"], "n": n, "seed": seed}
+        final = directory / "snapshots" / f"{kimg:010.3f}"
+        summary = _measured(final, what)
+        if summary is None:
+            log.info("job %s: sampling snapshot %.3f kimg (%d samples)", spec.dirname, kimg, n)
+            D, _ = load_denoiser(path, device=str(resolve_device(sample_cfg.device)))
+            samples = generate(D, n, seed, sample_cfg, labels=labels)
+            summary = _measure_into(final, samples, train_set, measure_cfg, what)
+        rows.append(_row("train", spec, float(kimg), summary))
+    return rows

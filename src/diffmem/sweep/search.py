@@ -1,0 +1,123 @@
+"""The EMM search: bracket the (1 − ε) crossing on a geometric grid, then bisect on log |D|.
+
+The search is stateless: :func:`next_sizes` looks only at the sizes measured so far and their
+ratios and proposes the next sizes to measure. Rerunning it on the same measurements proposes the
+same sizes, so a killed search resumes by replaying its decisions against the finished jobs.
+
+The memorization ratio falls with |D|; a size *memorizes* when its ratio is ≥ 1 − ε. With a grid of
+G sizes the crossing is found in ⌈log₂(G + 1)⌉ measurements (binary search on the grid), then each
+further measurement halves the bracket's log-width until its sizes are within ``bracket_factor``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from diffmem.errors import UsageError
+
+
+def geometric_grid(size_min: int, size_max: int, factor: float) -> list[int]:
+    """Integer sizes from size_min to size_max, evenly spaced in log size, neighbours at most ``factor`` apart."""
+    if size_min < 1 or size_max < size_min:
+        raise UsageError(f"size range: [{size_min}, {size_max}] is not valid; expected 1 ≤ size_min ≤ size_max")
+    if not factor > 1:
+        raise UsageError(f"grid_factor: {factor!r} is not valid; expected a number > 1")
+    if size_max == size_min:
+        return [size_min]
+    steps = max(1, math.ceil(math.log(size_max / size_min) / math.log(factor) - 1e-9))
+    sizes = [int(round(size_min * (size_max / size_min) ** (i / steps))) for i in range(steps + 1)]
+    return sorted(set(sizes))
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Where the crossing lies given the measurements so far.
+
+    ``low`` is the largest measured size below ``high`` (it memorizes), ``high`` the smallest
+    measured size that does not memorize; either is None when the crossing lies outside the
+    measured sizes on that side.
+    """
+
+    low: int | None
+    high: int | None
+
+    @property
+    def closed(self) -> bool:
+        return self.low is not None and self.high is not None
+
+
+def find_bracket(ratios: Mapping[int, float], threshold: float) -> Bracket:
+    """Bracket from measured ``ratios`` (size → ratio): the first size whose ratio is < threshold.
+
+    On a noisy, non-monotone curve the first non-memorizing size decides, which is what the
+    bisection's own decisions amount to.
+    """
+    sizes = sorted(ratios)
+    for i, s in enumerate(sizes):
+        if ratios[s] < threshold:
+            return Bracket(sizes[i - 1] if i > 0 else None, s)
+    return Bracket(sizes[-1] if sizes else None, None)
+
+
+def _spread(candidates: list[int], k: int) -> list[int]:
+    """``k`` candidates that split the list into k + 1 near-equal parts (k = 1: the middle one)."""
+    m = len(candidates)
+    if k >= m:
+        return list(candidates)
+    idx = sorted({(m + 1) * (j + 1) // (k + 1) - 1 for j in range(k)})
+    return [candidates[min(max(i, 0), m - 1)] for i in idx]
+
+
+def next_sizes(
+    ratios: Mapping[int, float],
+    *,
+    size_min: int,
+    size_max: int,
+    threshold: float,
+    grid_factor: float = 2.0,
+    bracket_factor: float = 1.25,
+    parallel: int = 1,
+) -> list[int]:
+    """The sizes to measure next (empty when the search is finished).
+
+    ratios:         size → measured ratio (pooled over repeats) for every size measured so far
+    threshold:      1 − ε; a size memorizes when its ratio is ≥ threshold
+    grid_factor:    ratio between neighbouring sizes of the bracketing grid
+    bracket_factor: stop when the bracket's sizes are within this factor
+    parallel:       sizes proposed per round (1 = plain binary search, the fewest measurements)
+    """
+    if not bracket_factor > 1:
+        raise UsageError(f"bracket_factor: {bracket_factor!r} is not valid; expected a number > 1")
+    if parallel < 1:
+        raise UsageError(f"parallel: {parallel!r} is not valid; expected an integer ≥ 1")
+    br = find_bracket(ratios, threshold)
+    lo = br.low if br.low is not None else 0
+    hi = br.high if br.high is not None else math.inf
+    # phase 1: binary (or (k+1)-ary) search on the grid sizes inside the bracket
+    grid = [s for s in geometric_grid(size_min, size_max, grid_factor) if lo < s < hi and s not in ratios]
+    if grid:
+        return _spread(grid, parallel)
+    if not br.closed or br.high / br.low <= bracket_factor:  # type: ignore[operator]
+        return []
+    # phase 2: bisection on log |D| inside the closed bracket: geometric means of k + 1 equal parts
+    log_lo, log_hi = math.log(br.low), math.log(br.high)  # type: ignore[arg-type]
+    out: list[int] = []
+    for j in range(1, parallel + 1):
+        s = int(round(math.exp(log_lo + (log_hi - log_lo) * j / (parallel + 1))))
+        if br.low < s < br.high and s not in ratios and s not in out:  # type: ignore[operator]
+            out.append(s)
+    return out
+
+
+def max_measurements(size_min: int, size_max: int, grid_factor: float, bracket_factor: float) -> int:
+    """Upper bound on the measurements of a sequential search (for progress display and docs)."""
+    g = len(geometric_grid(size_min, size_max, grid_factor))
+    bisect = max(0, math.ceil(math.log2(math.log(grid_factor) / math.log(bracket_factor))))
+    return math.ceil(math.log2(g + 1)) + bisect
+
+
+def grid_measurements(size_min: int, size_max: int, grid_factor: float, bracket_factor: float) -> int:
+    """Measurements a plain grid at ``bracket_factor`` spacing needs over the same range."""
+    return len(geometric_grid(size_min, size_max, bracket_factor))
