@@ -39,8 +39,8 @@ class DataConfig:
     mix: str | None = None  # second source for the intra-class diversity factor
     mix_rate: float = 0.0  # fraction of images taken from ``mix``
     seed: int = 0
-    nested: bool = True  # subsets for one seed are nested across sizes
-    near_dup_threshold: float = 0.0  # report pairs closer than this (RMS pixel distance, 0–255)
+    nested: bool = True  # subsets for one seed are nested across sizes (False: independent draws)
+    near_dup_threshold: float = 2.0  # near duplicates: RMS pixel distance ‖a − b‖₂/√D ≤ this (0–255 scale)
 
 
 # ----------------------------------------------------------------------------------------------

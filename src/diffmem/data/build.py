@@ -1,0 +1,245 @@
+"""The dataset artefact: build it from a :class:`~diffmem.config.DataConfig`, load it back.
+
+A dataset artefact is a directory with ``dataset.npz`` (``images`` uint8 N×C×H×W, ``labels``
+int64 N (−1 = unlabeled), ``source_ids`` int64 N — each image's index in its source — and
+``origin`` uint8 N: 0 = ``--source``, 1 = ``--mix``) and ``manifest.json`` (stage ``dataset``, the
+config, content hashes, the integer ``label_classes`` and the ``duplicates`` report).
+Images are stored in priority order: for one seed, the dataset of size N₁ is the first N₁
+images of the dataset of size N₂ > N₁ (see :mod:`diffmem.data.subsets`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffmem.artefacts import array_hash, atomic_dir, is_complete, read_manifest, write_manifest
+from diffmem.config import DataConfig
+from diffmem.data.duplicates import duplicate_report
+from diffmem.data.resize import RESAMPLE_FILTERS, downsample
+from diffmem.data.sources import Source, load_source
+from diffmem.data.subsets import assign_labels, priority_order
+from diffmem.errors import UsageError
+from diffmem.io import ImageSet, load_images, load_npz, save_image_set
+
+log = logging.getLogger(__name__)
+
+STAGE = "dataset"
+LABEL_MODES = ("true", "none", "random", "unique")
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    """A dataset in memory, before it is written: the arrays and the manifest's extra fields."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source_ids: np.ndarray
+    origin: np.ndarray
+    info: dict[str, Any]
+    inputs: dict[str, Any]
+
+
+def check_config(cfg: DataConfig) -> None:
+    """Refuse option values that are wrong whatever the source (one line naming the option)."""
+    if cfg.labels not in LABEL_MODES:
+        raise UsageError(f"--labels: {cfg.labels!r} is not valid; expected one of {', '.join(LABEL_MODES)}")
+    if cfg.labels == "random":
+        if cfg.label_classes is None or cfg.label_classes < 1:
+            raise UsageError(f"--label-classes: {cfg.label_classes!r} is not valid; --labels random needs "
+                             "a number of classes K ≥ 1")
+    elif cfg.label_classes is not None:
+        raise UsageError(f"--label-classes: {cfg.label_classes} is only used with --labels random "
+                         f"(got --labels {cfg.labels})")
+    for option, value in (("--size", cfg.size), ("--classes", cfg.classes), ("--resolution", cfg.resolution)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option}: {value} is not valid; expected a positive integer")
+    if cfg.resample not in RESAMPLE_FILTERS:
+        raise UsageError(f"--resample: {cfg.resample!r} is not valid; expected one of {', '.join(RESAMPLE_FILTERS)}")
+    if cfg.mix is None and cfg.mix_rate != 0.0:
+        raise UsageError(f"--mix-rate: {cfg.mix_rate} needs a second source; add --mix SRC2")
+    if cfg.mix is not None and not 0.0 < cfg.mix_rate <= 1.0:
+        raise UsageError(f"--mix-rate: {cfg.mix_rate} is not valid; expected a fraction in (0, 1] with --mix")
+    if not cfg.near_dup_threshold >= 0.0:
+        raise UsageError(f"--near-threshold: {cfg.near_dup_threshold} is not valid; expected an RMS pixel "
+                         "distance ≥ 0")
+
+
+def _kept_classes(src: Source, classes: int | None, option: str) -> np.ndarray:
+    """Indices of the candidates of ``src`` after ``--classes`` (the first C classes are kept)."""
+    if classes is None:
+        return np.arange(len(src))
+    if src.labels is None:
+        raise UsageError(f"--classes: {classes} needs a labeled source; {option} {src.spec!r} is unlabeled "
+                         "(no classes)")
+    if classes > src.num_classes:
+        raise UsageError(f"--classes: {classes} is more than the {src.num_classes} classes of {option} "
+                         f"{src.spec!r}")
+    return np.flatnonzero(src.labels < classes)
+
+
+def _resized(src: Source, idx: np.ndarray, target: tuple[int, int], method: str, option: str) -> np.ndarray:
+    """``src.images[idx]`` brought to ``target`` (H, W) by antialiased downsampling."""
+    images = src.images[idx]
+    if images.shape[2:] == target:
+        return images
+    h, w = images.shape[2:]
+    if target[0] != target[1] or h < target[0] or w < target[1]:
+        raise UsageError(f"{option}: {src.spec!r} has {h}×{w} images; expected {target[0]}×{target[1]} "
+                         "or larger square ones")
+    return downsample(images, target[0], method, option)
+
+
+def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
+    """Build the dataset of ``cfg`` in memory (every check happens here, before anything is written)."""
+    check_config(cfg)
+    src = load_source(cfg.source, "--source")
+    n_src, c_src, h_src, w_src = src.images.shape
+    r = cfg.resolution if cfg.resolution is not None else h_src
+    target = (r, r) if cfg.resolution is not None else (h_src, w_src)
+    if cfg.resolution is not None:
+        if r > min(h_src, w_src):
+            raise UsageError(f"--resolution: {r} is larger than the source's {h_src}×{w_src} images; expected "
+                             f"at most {min(h_src, w_src)} (only downsampling is supported)")
+        if h_src != w_src and r != h_src:
+            raise UsageError(f"--resolution: the source's images are {h_src}×{w_src}, not square; expected "
+                             "square images to resize to R×R")
+    if cfg.labels == "true" and src.labels is None:
+        raise UsageError(f"--labels: 'true' needs a labeled source; --source {cfg.source!r} is unlabeled "
+                         "(use none, random or unique)")
+    keep = _kept_classes(src, cfg.classes, "--source")
+    n_classes = cfg.classes if cfg.classes is not None else src.num_classes
+    class_of = src.labels[keep] if src.labels is not None else np.zeros(keep.size, dtype=np.int64)
+
+    mix, mix_keep, mix_class_of = None, None, None
+    if cfg.mix is not None:
+        mix = load_source(cfg.mix, "--mix")
+        if mix.images.shape[1] != c_src:
+            raise UsageError(f"--mix: {cfg.mix!r} has {mix.images.shape[1]} channels, the source has {c_src}; "
+                             "expected the same channel count")
+        mh, mw = mix.images.shape[2:]
+        if (mh, mw) != target and (target[0] != target[1] or mh != mw or mh < target[0]):
+            raise UsageError(f"--mix: {cfg.mix!r} has {mh}×{mw} images; expected {target[0]}×{target[1]} or "
+                             "larger square ones")
+        if cfg.labels == "true" and mix.labels is None:
+            raise UsageError(f"--mix: {cfg.mix!r} is unlabeled; --labels true needs a labeled second source")
+        if src.labels is not None and mix.labels is not None:  # class-matched mixing
+            if mix.num_classes < n_classes:
+                raise UsageError(f"--mix: {cfg.mix!r} has {mix.num_classes} classes; the source's {n_classes} "
+                                 "classes need a match in it")
+            mix_keep = np.flatnonzero(mix.labels < n_classes)
+            mix_class_of = mix.labels[mix_keep]
+        else:  # no classes to match: the two sources are pooled
+            mix_keep = np.arange(len(mix))
+            mix_class_of = np.zeros(mix_keep.size, dtype=np.int64)
+            class_of = np.zeros(keep.size, dtype=np.int64)
+
+    order = priority_order(class_of, seed=cfg.seed, size=cfg.size, nested=cfg.nested,
+                           mix_class_of=mix_class_of, mix_rate=cfg.mix_rate if mix is not None else 0.0)
+    if cfg.size is not None and cfg.size > order.size:
+        where = f"--source {cfg.source!r}" + (f" in its {cfg.classes} kept classes" if cfg.classes else "")
+        if mix is not None:
+            where += f" mixed with {cfg.mix!r} at rate {cfg.mix_rate:g}"
+        raise UsageError(f"--size: {cfg.size} is more than {where} can give ({order.size} images)")
+    chosen = order[: cfg.size] if cfg.size is not None else order
+    from_mix = chosen >= keep.size
+    n = chosen.size
+    images = np.empty((n, c_src, *target), dtype=np.uint8)
+    source_ids = np.empty(n, dtype=np.int64)
+    true = np.full(n, -1, dtype=np.int64)
+    p_idx = keep[chosen[~from_mix]]
+    images[~from_mix] = _resized(src, p_idx, target, cfg.resample, "--source")
+    source_ids[~from_mix] = p_idx
+    if src.labels is not None:
+        true[~from_mix] = src.labels[p_idx]
+    if mix is not None and from_mix.any():
+        m_idx = mix_keep[chosen[from_mix] - keep.size]
+        images[from_mix] = _resized(mix, m_idx, target, cfg.resample, "--mix")
+        source_ids[from_mix] = m_idx
+        if mix.labels is not None:
+            true[from_mix] = mix.labels[m_idx]
+
+    labels, label_classes = assign_labels(cfg.labels, true, label_classes=cfg.label_classes or n_classes,
+                                          seed=cfg.seed, size=cfg.size, nested=cfg.nested, order_length=order.size)
+    bar = _bar(n if progress and n >= 2048 else 0, "duplicates")
+    dups = duplicate_report(images, cfg.near_dup_threshold, progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+
+    kept_names = list(src.class_names[:n_classes]) if src.labels is not None else []
+    info: dict[str, Any] = {
+        "n_images": int(n),
+        "shape": [int(s) for s in images.shape[1:]],
+        "label_classes": int(label_classes),
+        "label_mode": cfg.labels,
+        "source_images": int(n_src),
+        "available_images": int(order.size),
+        "class_names": kept_names,
+        "class_counts": [int(np.sum(true == c)) for c in range(len(kept_names))] if kept_names else [],
+        "from_mix": int(from_mix.sum()),
+        "duplicates": dups,
+        "hashes": {"images": array_hash(images), "labels": array_hash(labels), "source_ids": array_hash(source_ids)},
+    }
+    inputs = {"source": src.inputs, **({"mix": mix.inputs} if mix is not None else {})}
+    return BuiltDataset(images=images, labels=labels, source_ids=source_ids, origin=from_mix.astype(np.uint8),
+                        info=info, inputs=inputs)
+
+
+def _bar(total: int, desc: str):
+    if total <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
+def build_dataset(cfg: DataConfig, out: str | Path, *, progress: bool = False) -> Path:
+    """Write the dataset artefact of ``cfg`` to ``out`` atomically and return ``out``.
+
+    A complete artefact of the same config already in ``out`` is reused as it is; any other
+    non-empty ``out`` is refused. On any error nothing is left in ``out``.
+    """
+    out = Path(out)
+    if is_complete(out, STAGE, cfg) and (out / "dataset.npz").is_file():
+        log.info("%s: reusing the complete dataset artefact", out)
+        return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        m = read_manifest(out) if out.is_dir() else None
+        held = f"a {m.get('stage')} artefact of another config" if m else "other files"
+        raise UsageError(f"--out: {str(out)!r} already holds {held}; choose a new directory")
+    built = make_dataset(cfg, progress=progress)
+    with atomic_dir(out, overwrite=True) as tmp:
+        s = ImageSet(images=built.images, labels=built.labels, source_ids=built.source_ids)
+        save_image_set(tmp / "dataset.npz", s, origin=built.origin)
+        write_manifest(tmp, STAGE, cfg, inputs=built.inputs, **built.info)
+    return out
+
+
+def load_dataset(path: str | Path) -> tuple[ImageSet, int]:
+    """Images of a dataset artefact (or any image set) and its ``label_classes`` (0 = unlabeled).
+
+    ``path`` is a dataset artefact directory, its ``dataset.npz``, or anything
+    :func:`diffmem.io.load_images` reads; without a manifest, ``label_classes`` is
+    max(label) + 1 (0 when there are no labels ≥ 0).
+    """
+    p = Path(path)
+    m = read_manifest(p) if p.is_dir() else None
+    if m is not None:
+        if m.get("stage") != STAGE or m.get("status") != "complete":
+            raise UsageError(f"{path}: holds a {m.get('stage')!r} artefact with status {m.get('status')!r}; "
+                             "expected a complete dataset artefact")
+        s = load_npz(p / "dataset.npz")
+        k = m.get("label_classes")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise UsageError(f"{path}: manifest 'label_classes' is {k!r}; expected an integer ≥ 0")
+        return s, k
+    s = load_images(p)
+    if s.labels is None or not np.any(s.labels >= 0):
+        return s, 0
+    return s, int(s.labels.max()) + 1

@@ -1,0 +1,111 @@
+"""Image zips as EDM's dataset tool writes them: images plus an optional ``dataset.json``.
+
+Layout: image members (e.g. ``00000/img00000000.png``) in sorted name order, and
+``dataset.json`` = ``{"labels": [["00000/img00000000.png", 6], ...]}`` (or ``"labels": null``
+for an unlabeled set). Members are read in memory, never extracted; a member name that could
+escape a folder (absolute, ``..``, a drive letter, a backslash) makes the whole archive refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from diffmem.data.sources import Source, relabel
+from diffmem.errors import UsageError
+from diffmem.io import IMAGE_SUFFIXES, stack_images
+
+MAX_MEMBER_BYTES = 64 << 20  # refuse single members that would expand beyond this (zip bombs)
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def unsafe_member_name(name: str) -> bool:
+    """True when a member name is absolute or could climb out of the extraction folder."""
+    if name.startswith(("/", "\\")) or "\\" in name or _DRIVE.match(name) or "\x00" in name:
+        return True
+    return any(part == ".." for part in name.split("/"))
+
+
+def _read_image(data: bytes, name: str, what: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F", "LA") else im.convert("RGB")
+            a = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UsageError(f"{what}: member {name!r} is not a readable image ({e.__class__.__name__})") from e
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | None:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what}: dataset.json is not valid JSON ({e})") from e
+    entries = meta.get("labels") if isinstance(meta, dict) else None
+    if entries is None:
+        if not isinstance(meta, dict) or "labels" not in meta:
+            raise UsageError(f"{what}: dataset.json has no 'labels' key; expected "
+                             '{"labels": [["00000/img00000000.png", 6], ...]} or {"labels": null}')
+        return None
+    if not isinstance(entries, list):
+        raise UsageError(f"{what}: dataset.json 'labels' is {type(entries).__name__}; expected a list of "
+                         "[file name, integer label] pairs")
+    table: dict[str, int] = {}
+    for e in entries:
+        ok = isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+        if not ok or isinstance(e[1], bool) or not isinstance(e[1], int):
+            raise UsageError(f"{what}: dataset.json label entry {str(e)[:80]!r} is not valid; "
+                             "expected [file name, integer label]")
+        table[e[0].replace("\\", "/")] = e[1]
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise UsageError(f"{what}: dataset.json has no label for {missing[0]!r} ({len(missing)} images "
+                         "unlabeled); expected one label per image")
+    return np.array([table[n] for n in names], dtype=np.int64)
+
+
+def load_zip(path: Path, option: str, spec: str) -> Source:
+    """Every image member of the zip (sorted by name) with the labels of ``dataset.json``."""
+    from diffmem.artefacts import file_hash
+
+    what = f"{option}: {spec!r}"
+    if path.is_dir():
+        raise UsageError(f"{what} is a directory; expected a .zip file (use folder:PATH for a folder)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            for i in infos:
+                if unsafe_member_name(i.filename):
+                    raise UsageError(f"{what}: member name {i.filename!r} escapes the archive folder; "
+                                     "refusing the archive")
+                if i.file_size > MAX_MEMBER_BYTES:
+                    raise UsageError(f"{what}: member {i.filename!r} expands to {i.file_size} bytes; "
+                                     f"expected at most {MAX_MEMBER_BYTES}")
+            names = sorted(i.filename for i in infos if i.filename.lower().endswith(IMAGE_SUFFIXES))
+            if not names:
+                raise UsageError(f"{what} holds no image members ({', '.join(IMAGE_SUFFIXES)})")
+            arrays = [_read_image(zf.read(n), n, what) for n in names]
+            meta = zf.read("dataset.json") if "dataset.json" in zf.namelist() else None
+    except UsageError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+        raise UsageError(f"{what} is not a readable zip archive ({e.__class__.__name__}: {e})") from e
+    images = stack_images(arrays, names, what)
+    labels, class_names = None, ()
+    if meta is not None:
+        raw = _labels_from_json(meta, names, what)
+        if raw is not None:
+            if raw.min() < 0:
+                raise UsageError(f"{what}: dataset.json has negative label {int(raw.min())}; expected labels ≥ 0")
+            labels, class_names = relabel(raw)
+    return Source(images=images, labels=labels, class_names=class_names, spec=spec,
+                  inputs={str(path): file_hash(path)})
