@@ -86,7 +86,7 @@ def duplicate_report(
         examples.append({"index": int(i), "nearest": int(nn[i]), "rms": float(rms[i])})
     report["near"] = {
         "threshold_rms": float(threshold_rms),
-        "metric": "RMS pixel distance ‖a − b‖₂/√D on 0..255 values",
+        "metric": "RMS pixel distance ||a - b||_2 / sqrt(D) on 0..255 values",
         "images": int(np.sum(near)),
         "min_rms": float(rms.min()) if n > 1 else None,
         "examples": examples,
