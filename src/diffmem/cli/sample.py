@@ -7,7 +7,6 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -74,37 +73,14 @@ def _config(args: argparse.Namespace) -> SampleConfig:
     return cfg
 
 
-def load_training_set(path: str):
-    """The images and label_classes of a dataset artefact (or of any image set: classes from its labels)."""
-    from diffmem.artefacts import read_manifest
-    from diffmem.io import load_images
-
-    p = Path(path)
-    if p.is_dir() and read_manifest(p) is not None:
-        try:
-            from diffmem.data import load_dataset
-        except ImportError:
-            load_dataset = None
-        if load_dataset is not None:
-            return load_dataset(p)
-        manifest = read_manifest(p) or {}
-        images = load_images(p)
-        if "label_classes" in manifest:
-            return images, int(manifest["label_classes"])
-    else:
-        images = load_images(p)
-    labels = images.labels
-    classes = int(labels.max()) + 1 if labels is not None and len(labels) and labels.min() >= 0 else 0
-    return images, classes
-
-
 def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     import torch
 
+    from diffmem.data import load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser
 
-    train, classes = load_training_set(args.optimal)
+    train, classes = load_dataset(args.optimal)
     if args.unconditional:
         classes = 0
     device = resolve_device(cfg.device)

@@ -1,0 +1,112 @@
+"""`diffmem sample`: the written file, --json, per-sample seeds through the CLI, and its error lines."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffmem.cli import main
+from diffmem.io import load_npz
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images[:64] * 255 / 16).astype(np.uint8)[:, None]
+    path = tmp_path_factory.mktemp("data") / "digits64.npz"
+    np.savez(path, images=images)
+    return path, images
+
+
+def _copies(samples: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Index of the training image each sample equals exactly (−1 when none)."""
+    eq = np.all(samples.reshape(len(samples), 1, -1) == train.reshape(1, len(train), -1), axis=2)
+    return np.where(eq.any(1), eq.argmax(1), -1)
+
+
+def test_sample_optimal_writes_uint8_images_labels_seeds(digits_npz, tmp_path, capsys):
+    path, images = digits_npz
+    out = tmp_path / "gen" / "s.npz"
+    assert main(["sample", "--optimal", str(path), "--n", "30", "--seed", "5", "--batch", "8", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 30 samples" in text and "seeds 5..34" in text and "35 denoiser evaluations" in text
+    s = load_npz(out)
+    assert s.images.dtype == np.uint8 and s.images.shape == (30, 1, 8, 8)
+    assert s.labels.tolist() == [-1] * 30 and s.seeds.tolist() == list(range(5, 35))
+    assert (_copies(s.images, images) >= 0).all()  # the optimum copies training images
+    # the same seeds in one batch, started one seed earlier: identical samples
+    out2 = tmp_path / "t.npz"
+    assert main(["sample", "--optimal", str(path), "--n", "31", "--seed", "4", "--out", str(out2), "--json"]) == 0
+    assert np.array_equal(load_npz(out2).images[1:], s.images)
+    summary = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    assert summary["n_samples"] == 31 and summary["seed_first"] == 4 and summary["steps"] == 18
+
+
+def test_sample_optimal_of_a_labelled_dataset_is_conditional(tmp_path, capsys):
+    data = pytest.importorskip("diffmem.data")
+    from diffmem.config import DataConfig
+
+    d = data.build_dataset(DataConfig(source="digits", size=50, labels="true"), tmp_path / "ds")
+    train, classes = data.load_dataset(d)
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--optimal", str(d), "--n", "20", "--label", "3", "--out", str(out)]) == 0
+    s = load_npz(out)
+    assert classes == 10 and s.labels.tolist() == [3] * 20
+    idx = _copies(s.images, train.images)
+    assert (idx >= 0).all() and (train.labels[idx] == 3).all()
+
+
+def test_sample_run_checkpoint_is_batch_invariant(tmp_path):
+    ckpt = pytest.importorskip("diffmem.train.checkpoints", reason="needs the training package's checkpoints")
+    nn = pytest.importorskip("diffmem.nn", reason="needs the model package")
+    import torch
+
+    from diffmem.config import MODEL_PRESETS
+
+    cfg = MODEL_PRESETS["digits"]
+    cfg = type(cfg)(**{**cfg.__dict__, "channels": 8, "label_dim": 4})
+    torch.manual_seed(0)
+    model = nn.build_denoiser(cfg)
+    for p in model.parameters():  # an untrained but not trivially zero network
+        p.data.add_(0.05 * torch.randn_like(p))
+    ckpt.save_denoiser(tmp_path / "m.safetensors", model, cfg)
+    outs = []
+    for batch in ("3", "10"):
+        out = tmp_path / f"b{batch}.npz"
+        assert main(["sample", "--run", str(tmp_path / "m.safetensors"), "--n", "10", "--steps", "6",
+                     "--batch", batch, "--out", str(out)]) == 0
+        outs.append(load_npz(out))
+    assert outs[0].images.shape == (10, 1, 8, 8)
+    assert np.array_equal(outs[0].labels, outs[1].labels) and set(outs[0].labels.tolist()) <= {0, 1, 2, 3}
+    assert np.abs(outs[0].images.astype(int) - outs[1].images.astype(int)).max() <= 1  # float32 net: ≤ 1 level
+    assert len(np.unique(outs[0].images.reshape(10, -1), axis=0)) == 10
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--n", "0"], "--n: 0 is not valid"),
+    (["--n", "2", "--steps", "0"], "--steps: 0 is not valid"),
+    (["--n", "2", "--churn", "-1"], "--churn: -1.0 is not valid"),
+    (["--n", "2", "--label", "1"], "--label: 1 is not valid; expected no --label"),
+    (["--n", "2", "--snapshot", "5"], "--snapshot: 5 given without --run"),
+    (["--n", "2", "--seed", "-3"], "--seed: -3 is not valid"),
+])
+def test_sample_errors_are_one_line_exit_2_and_write_nothing(digits_npz, tmp_path, capsys, extra, match):
+    path, _ = digits_npz
+    out = tmp_path / "x.npz"
+    assert main(["sample", "--optimal", str(path), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_sample_bad_paths_are_usage_errors(digits_npz, tmp_path, capsys):
+    path, _ = digits_npz
+    assert main(["sample", "--optimal", str(tmp_path / "none"), "--n", "2", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["sample", "--optimal", str(path), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --run and --optimal together
+        main(["sample", "--optimal", str(path), "--run", "r", "--n", "2", "--out", str(tmp_path / "x.npz")])
+    assert e.value.code == 2
