@@ -77,6 +77,26 @@ def test_crossing_outside_or_at_the_edge_of_the_range(emm, expect):
         assert len(ratios) <= 3  # one binary search down (or up) the 5-size grid
 
 
+@pytest.mark.parametrize("emm", [50.0, 300.0, 2000.0])
+def test_measuring_the_ends_first(emm):
+    ratios, rounds = run_search_ends(lambda s: 1.0 if s <= emm else 0.0)
+    assert rounds[0] == [64, 1024]
+    br = search.find_bracket(ratios, T)
+    if 64 <= emm < 1024:
+        assert br.low <= emm < br.high and br.high / br.low <= 1.25
+        assert len(ratios) <= 2 + 2 + 2  # ends + binary search on the 3 inner grid sizes + 2 halvings
+    else:
+        assert len(ratios) == 2  # the crossing is outside the range: nothing more to measure
+
+
+def run_search_ends(oracle):
+    ratios, rounds = {}, []
+    while new := search.next_sizes(ratios, size_min=64, size_max=1024, threshold=T, ends=True):
+        rounds.append(new)
+        ratios.update({s: oracle(s) for s in new})
+    return ratios, rounds
+
+
 @pytest.mark.parametrize("parallel", [2, 3])
 def test_parallel_rounds_find_the_bracket_in_no_more_rounds(parallel):
     emm = 300.0

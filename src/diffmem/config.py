@@ -159,6 +159,7 @@ class EMMConfig:
     optimal: bool = True  # also measure the closed-form optimum at each size
     sizes: tuple[int, ...] | None = None  # fixed sizes instead of the search (the study's table mode)
     parallel: int = 1  # sizes measured per search round (1 = binary search; more keeps Ray workers busy)
+    measure_ends: bool = False  # measure size_min and size_max first: both ends of the transition
     refine_repeats: int = 0  # extra repeats for bracket sizes whose interval straddles 1 − ε
     sample_seed: int = 0  # seed of the first generated sample of every measurement
 
@@ -303,3 +304,33 @@ def model_train_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name not in MODEL_PRESETS:
         raise UsageError(f"--preset: {name!r} is not a preset; expected one of {preset_names()}")
     return MODEL_PRESETS[name], TRAIN_PRESETS[name]
+
+
+EMM_PRESETS: dict[str, EMMConfig] = {
+    # The embedded default (`make demo`): scikit-learn's 8×8 digits, the whole EMM experiment on 2 CPU cores.
+    # Training procedure (EMM is relative to it): a two-level U-Net with C=16 (8×8: 16, 4×4: 32 channels),
+    # EDM preconditioning and loss, batch 64, Adam lr 2e-3, 200-step warm-up, EMA decay 0.99, 3,000 steps
+    # (192 kimg), a snapshot every 750 steps; 1,000 samples per measurement (not the reference 10,000).
+    "digits": EMMConfig(
+        data=DataConfig(source="digits"),
+        model=dataclasses.replace(MODEL_PRESETS["digits"], channels=16),
+        train=TrainConfig(kimg=192.0, batch=64, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99, ema_halflife_kimg=None,
+                          ema_rampup_ratio=None, snapshot_kimg=48.0),
+        n_samples=1_000, size_min=32, size_max=1024, grid_factor=2.0, bracket_factor=1.25, measure_ends=True,
+    ),
+    # The reference study's basic setup for GPU users: CIFAR-10 (the python archive in the working directory),
+    # DDPM++ width 128, 2 blocks, VP, batch 512, lr 2e-4, 40k epochs, no augmentation, 10,000 samples.
+    "cifar10": EMMConfig(
+        data=DataConfig(source="cifar10:cifar-10-python.tar.gz"),
+        model=MODEL_PRESETS["paper-basic"],
+        train=dataclasses.replace(TRAIN_PRESETS["paper-basic"], snapshot_kimg=10_000.0),
+        n_samples=10_000, size_min=500, size_max=8_000, grid_factor=2.0, bracket_factor=1.25,
+    ),
+}
+
+
+def emm_preset(name: str) -> EMMConfig:
+    """The EMM experiment preset ``name``."""
+    if name not in EMM_PRESETS:
+        raise UsageError(f"--preset: {name!r} is not an EMM preset; expected one of {sorted(EMM_PRESETS)}")
+    return EMM_PRESETS[name]

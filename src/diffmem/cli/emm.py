@@ -1,14 +1,131 @@
-"""`diffmem emm` (not built yet)."""
+"""`diffmem emm`: find the EMM (effective model memorization) of one recipe."""
 
-from diffmem.cli.common import not_built
+from __future__ import annotations
 
-HELP = "(not built yet) see DESIGN.md §3"
-EXAMPLES = "  (none yet)\n"
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from diffmem.cli.common import print_json
+
+HELP = "find the EMM of one recipe: the largest |D| whose memorization ratio is still ≥ 1 − ε"
+EXAMPLES = """\
+  diffmem emm --preset digits --out out/digits-emm          # the embedded default (~15 min on 2 cores)
+  diffmem emm --config my-emm.json --out out/emm --json     # one JSON object on stdout
+  diffmem emm --preset cifar10 --out out/c10 --backend ray --ray-address auto
+  diffmem emm --preset digits --out out/dry --synthetic 300 # the search on a known curve, no training
+  rerunning the same command on the same --out resumes and never redoes a finished run
+"""
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="an EMM preset: digits (embedded default, CPU) or cifar10 (GPU)")
+    src.add_argument("--config", help="an EMMConfig JSON file (see docs/EMM.md)")
+    add_run_arguments(parser)
+    parser.add_argument("--n-samples", type=int, help="generated samples per measurement (overrides the config)")
+    parser.add_argument("--repeats", type=int, help="independent dataset draws and training seeds per size")
+    parser.add_argument("--parallel", type=int, help="sizes measured per search round (Ray: run at once)")
+    parser.add_argument("--synthetic", type=float, metavar="EMM",
+                        help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
 
 
-def run(args):
-    return not_built("emm")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``emm`` and ``study``."""
+    parser.add_argument("--out", required=True, help="the sweep directory (rerun on it to resume)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="run jobs here one after another (local) or as Ray tasks (ray)")
+    parser.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto or ray://host:10001); "
+                        "default: a local Ray instance")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    parser.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+
+
+def resolve_config(args: argparse.Namespace):
+    from diffmem.config import EMMConfig, emm_preset, load_json_config
+    from diffmem.errors import bad
+
+    cfg = emm_preset(args.preset) if args.preset else load_json_config(EMMConfig, args.config)
+    for opt, field in (("--n-samples", "n_samples"), ("--repeats", "repeats"), ("--parallel", "parallel")):
+        value = getattr(args, field)
+        if value is not None:
+            if value < 1:
+                raise bad(opt, value, "an integer ≥ 1")
+            cfg = dataclasses.replace(cfg, **{field: value})
+    return cfg
+
+
+def fmt_size(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def print_result(res, out: Path, file=sys.stdout) -> None:
+    """The human-readable result: every number says what it is."""
+    from diffmem.sweep.search import grid_measurements
+
+    cfg, e, t = res.config, res.estimate, res.threshold
+    lo, hi = e.bracket
+    w = file.write
+    if e.emm is not None:
+        w(f"EMM ≈ {e.emm:,.0f} training images (ratio crosses {t:.0%}, log-size interpolation); "
+          f"95 % interval [{fmt_size(e.ci[0])}, {fmt_size(e.ci[1])}]\n")
+    elif e.below_range:
+        w(f"EMM < {lo if lo else fmt_size(hi)}: even the smallest size measured does not memorize ≥ {t:.0%}\n")
+    elif e.above_range:
+        w(f"EMM ≥ {fmt_size(lo)}: even the largest size measured memorizes ≥ {t:.0%}\n")
+    w(f"bracket: |D| = {fmt_size(lo)} memorizes, |D| = {fmt_size(hi)} does not (a size memorizes when ≥ {t:.0%} "
+      f"of its samples have d1/d2 < {cfg.measure.threshold:.4g})\n")
+    w(f"{'|D|':>7} {'ratio':>7} {'95 % interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}\n")
+    for p in res.points:
+        flag = "  straddles" if p.straddles(t) else ""
+        opt = res.optimal.get(p.size)
+        w(f"{p.size:>7,} {p.ratio:>7.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}] {p.best_snapshot_kimg or 0:>10.1f} "
+          f"{p.n_samples:>8,} {'—' if opt is None else f'{opt:.3f}':>8}{flag}\n")
+    if not cfg.sizes:
+        grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) * cfg.repeats
+        w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "
+          f"factor {cfg.bracket_factor} over {cfg.size_min:,}–{cfg.size_max:,} would need {grid}\n")
+    w(f"wall time: {res.wall_s:,.1f} s; results: {out / 'results.csv'}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffmem.artefacts import to_jsonable
+    from diffmem.sweep import make_backend, run_emm
+    from diffmem.sweep.search import max_measurements
+    from diffmem.sweep.synthetic import SyntheticCurve
+
+    cfg = resolve_config(args)
+    out = Path(args.out)
+    if args.dry_run:
+        bound = len(cfg.sizes) if cfg.sizes else max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
+                                                                  cfg.bracket_factor) + 2 * cfg.measure_ends
+        plan = {"config": to_jsonable(cfg), "max_trainings": bound * cfg.repeats, "out": str(out)}
+        if args.json:
+            print_json(plan)
+        else:
+            import json
+
+            sys.stdout.write(json.dumps(plan, indent=2) + f"\nat most {bound * cfg.repeats} trainings\n")
+        return 0
+    synthetic = None
+    if args.synthetic is not None:
+        synthetic = SyntheticCurve(emm=args.synthetic, threshold=1 - cfg.epsilon)
+    backend = make_backend(args.backend, args.ray_address)
+    try:
+        res = run_emm(cfg, out, backend=backend, synthetic=synthetic, progress=sys.stderr.isatty())
+    finally:
+        backend.close()
+    report = None
+    if not args.no_report:
+        from diffmem.report import render_report
+
+        report = render_report(out)
+    if args.json:
+        print_json(res.summary())
+    else:
+        print_result(res, out)
+        if report:
+            sys.stdout.write(f"report: {report}\n")
+    return 0

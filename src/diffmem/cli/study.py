@@ -1,14 +1,60 @@
-"""`diffmem study` (not built yet)."""
+"""`diffmem study`: EMM (or the memorization ratio at fixed sizes) across the values of one or more factors."""
 
-from diffmem.cli.common import not_built
+from __future__ import annotations
 
-HELP = "(not built yet) see DESIGN.md §3"
-EXAMPLES = "  (none yet)\n"
+import argparse
+import sys
+from pathlib import Path
+
+from diffmem.cli.common import print_json
+from diffmem.cli.emm import add_run_arguments, fmt_size
+
+HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
+EXAMPLES = """\
+  diffmem study --config studies/width.json --out out/width          # EMM per model.channels value
+  diffmem study --config studies/labels.json --out out/labels --json
+  a config: {"name": "width", "mode": "emm", "factors": {"model.channels": [16, 32, 64]},
+             "base": { ...an EMM config... }}   mode "ratio" measures base.sizes instead of searching
+"""
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="a StudyConfig JSON file (see docs/EMM.md)")
+    add_run_arguments(parser)
 
 
-def run(args):
-    return not_built("study")
+def run(args: argparse.Namespace) -> int:
+    from diffmem.config import StudyConfig, load_json_config
+    from diffmem.sweep import make_backend
+    from diffmem.sweep.study import run_study
+
+    cfg = load_json_config(StudyConfig, args.config)
+    out = Path(args.out)
+    backend = make_backend(args.backend, args.ray_address)
+    try:
+        res = run_study(cfg, out, backend=backend, progress=sys.stderr.isatty())
+    finally:
+        backend.close()
+    report = None
+    if not args.no_report:
+        from diffmem.report import render_report
+
+        report = render_report(out)
+    if args.json:
+        print_json(res.summary())
+        return 0
+    w = sys.stdout.write
+    w(f"study {cfg.name!r} ({cfg.mode} mode), factors: {', '.join(cfg.factors) or '(none)'}\n")
+    for factors, r in res.values:
+        e = r.estimate
+        label = ", ".join(f"{k}={v}" for k, v in factors.items()) or "base"
+        ratios = ", ".join(f"|D|={p.size:,}: {p.ratio:.3f}" for p in r.points)
+        w(f"  {label}: EMM {fmt_size(e.emm)} [95 % interval {fmt_size(e.ci[0])}–{fmt_size(e.ci[1])}], "
+          f"bracket [{fmt_size(e.bracket[0])}, {fmt_size(e.bracket[1])}], {r.n_trainings} trainings; "
+          f"ratios {ratios}\n")
+    s = res.summary()
+    w(f"trainings: {s['n_trainings']} ({s['n_trained_now']} run now); wall time {res.wall_s:,.1f} s; "
+      f"results: {out / 'results.csv'}\n")
+    if report:
+        w(f"report: {report}\n")
+    return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from diffmem.sweep.table import write_table
 
 log = logging.getLogger(__name__)
 EMM_STAGE = "emm"
+PATH_SOURCES = ("cifar10", "zip", "folder", "npz")  # data sources whose argument is a path
 
 
 @dataclass
@@ -87,13 +89,22 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
     if synthetic is not None:
         return JobSpec("synthetic", size, repeat, {"size": size, "repeat": repeat, "n_samples": cfg.n_samples,
                                                    "curve": to_dict(synthetic)})
-    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat)
+    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=_absolute(cfg.data.source),
+                               mix=_absolute(cfg.data.mix) if cfg.data.mix else None)
     train = dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
     return JobSpec("train", size, repeat, {
         "data": to_dict(data), "model": to_dict(cfg.model), "train": to_dict(train), "sample": to_dict(cfg.sample),
         "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
         "optimal": bool(cfg.optimal and repeat == 0),
     })
+
+
+def _absolute(source: str) -> str:
+    """``kind:PATH`` with PATH made absolute, so jobs run from any working directory (Ray workers)."""
+    kind, sep, rest = source.partition(":")
+    if sep and kind in PATH_SOURCES and rest and not Path(rest).is_absolute():
+        return f"{kind}:{Path(rest).resolve()}"
+    return source
 
 
 def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
@@ -142,7 +153,7 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
 
     jobs_root = Path(jobs_root) if jobs_root is not None else out / "jobs"
     atomic_write_json(out / "config.json", to_dict(cfg))
-    write_manifest(out, EMM_STAGE, ident, status="running")
+    write_manifest(out, EMM_STAGE, ident, status="running", jobs_root=os.path.relpath(jobs_root, out))
     backend = backend or LocalBackend()
     threshold = 1.0 - cfg.epsilon
 
@@ -151,8 +162,9 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     runs: dict[int, dict[int, RepeatResult]] = {}
     optimal: dict[int, float] = {}
     trained_now = 0
-    bound = (len(cfg.sizes) if cfg.sizes else max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
-                                                                cfg.bracket_factor)) * cfg.repeats
+    bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
+                                                               cfg.bracket_factor) + 2 * cfg.measure_ends)
+    bound *= cfg.repeats
     bar = tqdm(total=bound, desc="emm jobs", unit="job", file=sys.stderr, disable=not progress, leave=False)
 
     def done(spec: JobSpec, rows: list[dict[str, Any]], reused: bool) -> None:
@@ -173,7 +185,7 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
             else:
                 sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
                                    grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
-                                   parallel=cfg.parallel)
+                                   parallel=cfg.parallel, ends=cfg.measure_ends)
             specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
             if not specs and cfg.refine_repeats > 0:
                 specs = _refinements(cfg, runs, ratios, threshold, synthetic)
@@ -201,7 +213,8 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
                        wall_s=time.perf_counter() - t0, rows=all_rows,
                        flagged=[p.size for p in points if p.straddles(threshold)])
     atomic_write_json(out / "emm.json", result.details())
-    write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()))
+    write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()),
+                   jobs_root=os.path.relpath(jobs_root, out))
     return result
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from diffmem.artefacts import (
-    atomic_dir,
     atomic_write_json,
     config_hash,
     is_complete,
@@ -114,16 +113,19 @@ def _sample_labels(train_labels: np.ndarray | None, label_classes: int, n: int, 
 
 
 def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any]) -> dict[str, Any]:
-    """Measure ``samples`` against ``train_set`` into the measurement directory ``final`` (atomically)."""
+    """Measure ``samples`` against ``train_set``: ``final/measurement/`` (summary, table, figures),
+    ``final/samples.npz``, and last the manifest that marks ``final`` complete."""
     from diffmem.io import save_image_set
     from diffmem.measure import measure, write_measurement
 
     m = measure(samples, train_set, measure_cfg)
-    with atomic_dir(final, overwrite=True) as tmp:
-        write_measurement(m, tmp, samples=samples, train=train_set)
-        save_image_set(tmp / "samples.npz", samples)
-        write_manifest(tmp, SNAPSHOT_STAGE, what, summary=m.summary)
-    return dict(m.summary)
+    final.mkdir(parents=True, exist_ok=True)
+    write_measurement(m, final / "measurement", samples=samples, train=train_set, cfg=measure_cfg,
+                      inputs={k: what[k] for k in ("snapshot_kimg", "optimal") if k in what}, overwrite=True)
+    save_image_set(final / "samples.npz", samples)
+    summary = {k: v for k, v in m.summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    write_manifest(final, SNAPSHOT_STAGE, what, summary=summary)
+    return summary
 
 
 def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,13 +137,12 @@ def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
 
 def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     """Dataset → training with snapshots → samples and measurement per snapshot (+ the optimum)."""
-    from diffmem.train.checkpoints import list_snapshots, load_denoiser
-
     from diffmem.config import DataConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, from_dict
     from diffmem.data import build_dataset, load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser, generate
     from diffmem.train import train
+    from diffmem.train.checkpoints import list_snapshots, load_denoiser
 
     c = spec.config
     data_cfg = from_dict(DataConfig, c["data"], "job.data")

@@ -79,6 +79,7 @@ def next_sizes(
     grid_factor: float = 2.0,
     bracket_factor: float = 1.25,
     parallel: int = 1,
+    ends: bool = False,
 ) -> list[int]:
     """The sizes to measure next (empty when the search is finished).
 
@@ -87,11 +88,16 @@ def next_sizes(
     grid_factor:    ratio between neighbouring sizes of the bracketing grid
     bracket_factor: stop when the bracket's sizes are within this factor
     parallel:       sizes proposed per round (1 = plain binary search, the fewest measurements)
+    ends:           measure size_min and size_max first (both ends of the transition; ≤ 2 more)
     """
     if not bracket_factor > 1:
         raise UsageError(f"bracket_factor: {bracket_factor!r} is not valid; expected a number > 1")
     if parallel < 1:
         raise UsageError(f"parallel: {parallel!r} is not valid; expected an integer ≥ 1")
+    if ends:
+        first = [s for s in dict.fromkeys((size_min, size_max)) if s not in ratios]
+        if first:
+            return first
     br = find_bracket(ratios, threshold)
     lo = br.low if br.low is not None else 0
     hi = br.high if br.high is not None else math.inf

@@ -1,0 +1,223 @@
+"""``diffmem report DIR``: a Markdown and an HTML page (``report.md``, ``report.html``, ``figures/``)
+for an EMM or a study directory, written from what the directory holds (nothing is recomputed).
+
+The page is built as a list of blocks (heading, paragraph, table, figure, code) rendered twice,
+once to Markdown and once to HTML, so both always say the same.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+from diffmem.artefacts import atomic_write_text, read_manifest
+from diffmem.errors import UsageError
+from diffmem.report import figures
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) | ("code", text)
+
+
+def _load(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _rows(directory: Path) -> list[dict[str, Any]]:
+    from diffmem.sweep.table import read_table
+
+    return read_table(directory)
+
+
+def _size(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def _emm_text(s: dict[str, Any], threshold: float) -> str:
+    lo, hi = s["bracket"]
+    if s.get("emm") is not None:
+        return (f"EMM ≈ **{_size(s['emm'])}** training images (95 % interval [{_size(s['ci'][0])}, "
+                f"{_size(s['ci'][1])}]); bracket: |D| = {_size(lo)} memorizes ≥ {threshold:.0%}, "
+                f"|D| = {_size(hi)} does not")
+    if lo is None:
+        return f"EMM < {_size(hi)}: the smallest size measured does not memorize ≥ {threshold:.0%}"
+    return f"EMM ≥ {_size(lo)}: the largest size measured still memorizes ≥ {threshold:.0%}"
+
+
+def _points_table(s: dict[str, Any], threshold: float) -> Block:
+    opt = s.get("optimal") or {}
+    rows = []
+    for p in s["points"]:
+        o = opt.get(str(p["size"]))
+        flag = "straddles" if p["ci"][0] < threshold <= p["ci"][1] else ""
+        rows.append([f"{p['size']:,}", f"{p['ratio']:.3f}", f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]",
+                     f"{p['best_snapshot_kimg'] or 0:g}", f"{p['n_samples']:,}", "—" if o is None else f"{o:.3f}",
+                     flag])
+    return ("table", ["|D|", "ratio", "95 % interval", "best snapshot (kimg)", "samples", "optimum ratio",
+                      f"interval vs {threshold:.0%}"], rows)
+
+
+def _grids(directory: Path, jobs_root: Path, rows: list[dict[str, Any]], points: list[dict[str, Any]],
+           figdir: Path, prefix: str, sizes: set[int] | None = None) -> list[Block]:
+    """sample | NN₁ | NN₂ grids of each size's best snapshot, copied from the measurement directories."""
+    blocks: list[Block] = []
+    for p in points:
+        if sizes is not None and p["size"] not in sizes:
+            continue
+        cand = [r for r in rows if r.get("kind") == "train" and r["size"] == p["size"]
+                and r.get("snapshot_kimg") == p["best_snapshot_kimg"]]
+        for r in cand[:1]:
+            src = jobs_root / r["job"] / "snapshots" / f"{r['snapshot_kimg']:010.3f}" / "measurement" / "grid.png"
+            if src.is_file():
+                dst = figdir / f"{prefix}grid-s{p['size']}.png"
+                shutil.copyfile(src, dst)
+                blocks.append(("img", dst.relative_to(directory),
+                               f"|D| = {p['size']:,}, snapshot {r['snapshot_kimg']:g} kimg: sample | NN₁ | NN₂ "
+                               f"(ratio {r['ratio']:.3f} of {r['n_samples']:,} samples memorized)"))
+    return blocks
+
+
+def _jobs_root(directory: Path) -> Path:
+    m = read_manifest(directory) or {}
+    return (directory / m.get("jobs_root", "jobs")).resolve()
+
+
+def emm_blocks(directory: Path, figdir: Path) -> list[Block]:
+    s = _load(directory / "emm.json")
+    cfg = _load(directory / "config.json")
+    rows = _rows(directory)
+    t = s["threshold"]
+    f1 = figures.ratio_vs_size([{"label": "trained", "points": s["points"], "emm": s["emm"], "ci": s["ci"],
+                                 "optimal": s.get("optimal")}], t, figdir / "ratio_vs_size.png")
+    f2 = figures.ratio_vs_progress(rows, t, figdir / "ratio_vs_progress.png")
+    blocks: list[Block] = [
+        ("h", 1, f"EMM of {cfg['data']['source']} — {directory.name}"),
+        ("p", _emm_text(s, t) + "."),
+        ("p", f"Memorized: d(x, NN₁)/d(x, NN₂) < {cfg['measure']['threshold']:.4g}; ratio = fraction of "
+              f"{cfg['n_samples']:,} generated samples per measurement, best snapshot per run; ε = {s['epsilon']:g}. "
+              f"Trainings: {s['n_trainings']} ({s.get('n_trained_now', 0)} in the last invocation); wall time of the "
+              f"last invocation {s['wall_s']:,.1f} s."),
+        _points_table(s, t),
+        ("img", f1.relative_to(directory), "Memorization ratio against |D| (95 % intervals), the 90 % line, the EMM "
+                                           "(dotted) with its interval (shaded), the closed-form optimum (dashed)"),
+        ("img", f2.relative_to(directory), "Memorization ratio against training progress, one line per size"),
+    ]
+    blocks += _grids(directory, _jobs_root(directory), rows, s["points"], figdir, "")
+    blocks += _reproduce(directory, cfg, "emm")
+    return blocks
+
+
+def study_blocks(directory: Path, figdir: Path) -> list[Block]:
+    s = _load(directory / "study.json")
+    cfg = _load(directory / "config.json")
+    t = 1.0 - cfg["base"]["epsilon"]
+    curves, values = [], []
+    blocks: list[Block] = [("h", 1, f"Study {s['name']} — factors {', '.join(s['factors']) or '(none)'}")]
+    for v in s["values"]:
+        label = ", ".join(f"{k}={val}" for k, val in v["factors"].items()) or "base"
+        curves.append({"label": label, "points": v["points"], "emm": v["emm"], "ci": v["ci"],
+                       "optimal": v.get("optimal")})
+        values.append({"label": label, **v})
+    f1 = figures.ratio_vs_size(curves, t, figdir / "ratio_vs_size.png", title=s["name"])
+    blocks.append(("img", f1.relative_to(directory), "Memorization ratio against |D| per factor value, the 90 % "
+                                                     "line and each value's EMM (dotted, interval shaded)"))
+    if s["mode"] == "emm":
+        f2 = figures.emm_vs_factor(values, ", ".join(s["factors"]), figdir / "emm_vs_factor.png")
+        blocks.append(("img", f2.relative_to(directory), "EMM against the factor's value with its 95 % interval"))
+    blocks.append(("table", ["factor value", "EMM", "95 % interval", "bracket", "trainings"],
+                   [[v["label"], _size(v["emm"]), f"[{_size(v['ci'][0])}, {_size(v['ci'][1])}]",
+                     f"[{_size(v['bracket'][0])}, {_size(v['bracket'][1])}]", str(v["n_trainings"])]
+                    for v in values]))
+    jobs_root = directory / "jobs"
+    for i, v in enumerate(values):
+        sub = directory / v["dir"]
+        rows = _rows(sub)
+        blocks.append(("h", 2, v["label"]))
+        blocks.append(("p", _emm_text(v, t) + "."))
+        blocks.append(_points_table(v, t))
+        f = figures.ratio_vs_progress(rows, t, figdir / f"v{i}-ratio_vs_progress.png", title=v["label"])
+        blocks.append(("img", f.relative_to(directory), f"{v['label']}: ratio against training progress per size"))
+        near = {x for x in v["bracket"] if x is not None}
+        blocks += _grids(directory, jobs_root, rows, v["points"], figdir, f"v{i}-", sizes=near)
+    blocks.append(("p", f"Trainings: {s['n_trainings']}; wall time of the last invocation {s['wall_s']:,.1f} s."))
+    blocks += _reproduce(directory, cfg, "study")
+    return blocks
+
+
+def _reproduce(directory: Path, cfg: dict[str, Any], command: str) -> list[Block]:
+    m = read_manifest(directory) or {}
+    d = shlex.quote(str(directory))
+    return [
+        ("h", 2, "Reproduce"),
+        ("p", f"diffmem {m.get('version', '?')}. The resolved config below is `{directory.name}/config.json`; "
+              "rerunning on the same directory reuses every finished run."),
+        ("code", f"diffmem {command} --config {d}/config.json --out {d}\ndiffmem report {d}"),
+        ("h", 2, "Resolved configuration"),
+        ("code", json.dumps(cfg, indent=2)),
+    ]
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h":
+            out.append("#" * b[1] + " " + b[2])
+        elif b[0] == "p":
+            out.append(b[1])
+        elif b[0] == "table":
+            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]) + "\n" +
+                       "\n".join("| " + " | ".join(r) + " |" for r in b[2]))
+        elif b[0] == "img":
+            out.append(f"![{b[2]}]({b[1].as_posix()})\n\n*{b[2]}*")
+        elif b[0] == "code":
+            out.append("```\n" + b[1] + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts)).replace("`", "")
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+           "pre{background:#f4f4f4;padding:8px;overflow:auto}figure{margin:1em 0}</style></head><body>"]
+    for b in blocks:
+        if b[0] == "h":
+            out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif b[0] == "img":
+            out.append(f"<figure><img src='{html.escape(b[1].as_posix())}' alt=''>"
+                       f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+        elif b[0] == "code":
+            out.append(f"<pre>{html.escape(b[1])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def render_report(directory: str | Path) -> Path:
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``directory``; return the HTML path."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    if m is None or m.get("stage") not in ("emm", "study"):
+        raise UsageError(f"DIR: {str(directory)!r} is not an emm or study directory (no manifest of stage "
+                         "'emm' or 'study'); expected the --out of 'diffmem emm' or 'diffmem study'")
+    if m.get("status") != "complete":
+        raise UsageError(f"DIR: {str(directory)!r} holds an unfinished {m['stage']} (status {m.get('status')!r}); "
+                         f"rerun 'diffmem {m['stage']}' on it to finish, then report")
+    figdir = directory / "figures"
+    figdir.mkdir(exist_ok=True)
+    blocks = emm_blocks(directory, figdir) if m["stage"] == "emm" else study_blocks(directory, figdir)
+    atomic_write_text(directory / "report.md", to_markdown(blocks))
+    atomic_write_text(directory / "report.html", to_html(blocks, blocks[0][2]))
+    return directory / "report.html"

@@ -1,0 +1,124 @@
+"""``diffmem study``: an EMM search (mode ``emm``) or a ratio table at fixed sizes (mode ``ratio``) for
+every combination of the values of one or more factors.
+
+Directory of a study::
+
+    config.json   the resolved StudyConfig          manifest.json   stage "study", status
+    study.json    one entry per factor value        results.jsonl / results.csv   all rows, factor columns first
+    values/<v>/   one EMM directory per value        jobs/           the jobs, shared by all values
+
+A factor is any dotted field of the EMM config (``model.channels``, ``data.labels``,
+``train.ema_decay``, …). ``train.batch`` scales the learning rate with it (lr × batch / base batch)
+unless ``train.lr`` is a factor too, as the reference study did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, write_manifest
+from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
+from diffmem.errors import UsageError
+from diffmem.sweep.backends import Backend, LocalBackend
+from diffmem.sweep.emm import EMMResult, run_emm
+from diffmem.sweep.synthetic import SyntheticCurve
+from diffmem.sweep.table import write_table
+
+STUDY_STAGE = "study"
+
+
+@dataclass
+class StudyResult:
+    config: StudyConfig
+    values: list[tuple[dict[str, Any], EMMResult]]
+    wall_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name, "mode": self.config.mode, "factors": list(self.config.factors),
+            "values": [{"factors": f, "dir": f"values/{value_slug(f)}", **r.summary()} for f, r in self.values],
+            "n_trainings": sum(r.n_trainings for _, r in self.values),
+            "n_trained_now": sum(r.n_trained_now for _, r in self.values),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def value_slug(factors: dict[str, Any]) -> str:
+    """A directory name for one combination of factor values, e.g. ``model.channels=16``."""
+    text = ",".join(f"{k}={_fmt(v)}" for k, v in factors.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "+".join(_fmt(x) for x in v) or "none"
+    return str(v).lower() if isinstance(v, bool) or v is None else str(v)
+
+
+def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
+    """Every combination of factor values and the EMM config it gives."""
+    if cfg.mode not in ("emm", "ratio"):
+        raise UsageError(f"mode: {cfg.mode!r} is not valid; expected emm or ratio")
+    if cfg.mode == "ratio" and not cfg.base.sizes:
+        raise UsageError("base.sizes: mode 'ratio' needs the fixed sizes to measure (e.g. [128, 256, 512])")
+    if cfg.mode == "emm" and cfg.base.sizes:
+        raise UsageError("base.sizes: mode 'emm' searches the sizes; remove 'sizes' or use mode 'ratio'")
+    for name, values in cfg.factors.items():
+        if not isinstance(values, tuple) or not values:
+            raise UsageError(f"factors.{name}: {values!r} is not valid; expected a non-empty list of values")
+    names = list(cfg.factors)
+    out = []
+    for combo in itertools.product(*(cfg.factors[n] for n in names)):
+        factors = dict(zip(names, combo))
+        emm_cfg = cfg.base
+        for name, value in factors.items():
+            emm_cfg = replace_path(emm_cfg, name, value)
+        if "train.batch" in factors and "train.lr" not in factors:  # batch size with lr scaled
+            lr = cfg.base.train.lr * emm_cfg.train.batch / cfg.base.train.batch
+            emm_cfg = dataclasses.replace(emm_cfg, train=dataclasses.replace(emm_cfg.train, lr=lr))
+        out.append((factors, emm_cfg))
+    return out
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    backend: Backend | None = None,
+    synthetic: dict[str, SyntheticCurve] | None = None,  # slug → known curve instead of training (tests)
+    progress: bool = False,
+) -> StudyResult:
+    """Run (or resume) the study ``cfg`` in ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    plan = expand(cfg)
+    ident = {"study": to_dict(cfg), "synthetic": {k: to_dict(v) for k, v in (synthetic or {}).items()} or None}
+    m = read_manifest(out)
+    if m is not None and m.get("config_hash") != config_hash(ident):
+        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
+                         "choose a new directory or rerun with the same config to resume")
+    if m is None and out.exists() and any(p.name not in ("jobs", "values", ".lock") for p in out.iterdir()):
+        raise UsageError(f"--out: {str(out)!r} exists and is not a study directory; choose a new directory")
+    backend = backend or LocalBackend()
+    with dir_lock(out):
+        atomic_write_json(out / "config.json", to_dict(cfg))
+        write_manifest(out, STUDY_STAGE, ident, status="running")
+        results = []
+        for factors, emm_cfg in plan:
+            slug = value_slug(factors)
+            curve = (synthetic or {}).get(slug)
+            r = run_emm(emm_cfg, out / "values" / slug, backend=backend, jobs_root=out / "jobs", synthetic=curve,
+                        progress=progress)
+            results.append((factors, r))
+        rows = [{**{k: _fmt(v) for k, v in f.items()}, **row} for f, r in results for row in r.rows]
+        write_table(out, rows, extra_keys=list(cfg.factors))
+        res = StudyResult(cfg, results, time.perf_counter() - t0)
+        atomic_write_json(out / "study.json", res.summary())
+        write_manifest(out, STUDY_STAGE, ident, summary={"n_values": len(results)})
+    return res
