@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.data.sources import Source
+from diffmem.data.sources import Source, reason
 from diffmem.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def load_cifar10(path: Path, option: str, spec: str) -> Source:
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, pickle.UnpicklingError,
             IndexError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise UsageError(f"{option}: {spec!r} is not a readable CIFAR-10 archive "
-                         f"({e.__class__.__name__}: {e}); expected the official cifar-10-python.tar.gz "
+                         f"({reason(e)}); expected the official cifar-10-python.tar.gz "
                          "or cifar-10-binary.tar.gz") from e
     images = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
     labels = np.concatenate([p[1] for p in parts])

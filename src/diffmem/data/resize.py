@@ -1,8 +1,9 @@
 """Antialiased downsampling of uint8 N×C×H×W images to R×R (``--resolution``).
 
-- ``box``: the area average. When H and W are multiples of R it is computed exactly in NumPy
-  (mean of each block, rounded half up); otherwise Pillow's BOX filter (area-weighted) is used.
-- ``lanczos``: Pillow's Lanczos-3 filter, widened by the scale factor (antialiasing), per image.
+- ``box``: the exact area average, rounded half up. When H and W are multiples of R it is the
+  integer mean of each block; otherwise each output pixel averages the input pixels it covers,
+  weighted by the covered fraction (a separable float64 weight matrix).
+- ``lanczos``: Pillow's Lanczos-3 filter, widened by the scale factor (antialiasing), per plane.
 """
 
 from __future__ import annotations
@@ -24,10 +25,25 @@ def block_mean(images: np.ndarray, r: int) -> np.ndarray:
     return ((2 * total + area) // (2 * area)).astype(np.uint8)  # ⌊total/area + ½⌋ in integers
 
 
-def _pil_resize(images: np.ndarray, r: int, method: str) -> np.ndarray:
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """W[i, j] = the part of input pixel j inside output pixel i = [i·s, (i+1)·s), divided by s = n_in/n_out."""
+    s = n_in / n_out
+    lo = np.arange(n_out)[:, None] * s
+    j = np.arange(n_in)[None, :]
+    return np.clip(np.minimum(lo + s, j + 1) - np.maximum(lo, j), 0.0, None) / s
+
+
+def area_average(images: np.ndarray, r: int) -> np.ndarray:
+    """Box downsample to R×R by any factor: y = W x Wᵀ per plane, rounded half up."""
+    wh, ww = area_weights(images.shape[2], r), area_weights(images.shape[3], r)
+    y = np.einsum("ij,ncjk,lk->ncil", wh, images.astype(np.float64), ww)
+    return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
+
+
+def _pil_lanczos(images: np.ndarray, r: int) -> np.ndarray:
     from PIL import Image
 
-    flt = Image.Resampling.BOX if method == "box" else Image.Resampling.LANCZOS
+    flt = Image.Resampling.LANCZOS
     n, c = images.shape[:2]
     out = np.empty((n, c, r, r), dtype=np.uint8)
     for i in range(n):
@@ -55,6 +71,6 @@ def downsample(images: np.ndarray, r: int, method: str = "box", option: str = "-
     if h != w:
         raise UsageError(f"{option}: the source's images are {h}×{w}, not square; expected square images "
                          "to resize to R×R")
-    if method == "box" and h % r == 0:
-        return block_mean(images, r)
-    return _pil_resize(images, r, method)
+    if method == "box":
+        return block_mean(images, r) if h % r == 0 else area_average(images, r)
+    return _pil_lanczos(images, r)

@@ -47,6 +47,12 @@ class Source:
         return len(self.class_names) if self.labels is not None else 0
 
 
+def reason(e: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: ``"ClassName: message"`` with whitespace collapsed."""
+    text = " ".join(f"{e.__class__.__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def split_spec(spec: str, option: str) -> tuple[str, str]:
     """``"cifar10:/data/x.tar.gz"`` → ``("cifar10", "/data/x.tar.gz")``; checks the kind."""
     kind, sep, arg = spec.partition(":")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.data.sources import Source, relabel
+from diffmem.data.sources import Source, reason, relabel
 from diffmem.errors import UsageError
 from diffmem.io import IMAGE_SUFFIXES, stack_images
 
@@ -41,7 +41,7 @@ def _read_image(data: bytes, name: str, what: str) -> np.ndarray:
             im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F", "LA") else im.convert("RGB")
             a = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UsageError(f"{what}: member {name!r} is not a readable image ({e.__class__.__name__})") from e
+        raise UsageError(f"{what}: member {name!r} is not a readable image ({reason(e)})") from e
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
@@ -49,7 +49,7 @@ def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | N
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{what}: dataset.json is not valid JSON ({e})") from e
+        raise UsageError(f"{what}: dataset.json is not valid JSON ({reason(e)})") from e
     entries = meta.get("labels") if isinstance(meta, dict) else None
     if entries is None:
         if not isinstance(meta, dict) or "labels" not in meta:
@@ -98,7 +98,7 @@ def load_zip(path: Path, option: str, spec: str) -> Source:
     except UsageError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-        raise UsageError(f"{what} is not a readable zip archive ({e.__class__.__name__}: {e})") from e
+        raise UsageError(f"{what} is not a readable zip archive ({reason(e)})") from e
     images = stack_images(arrays, names, what)
     labels, class_names = None, ()
     if meta is not None:
