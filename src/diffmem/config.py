@@ -134,6 +134,7 @@ class MeasureConfig:
     backend: str = "torch"  # torch | faiss
     device: str = "auto"
     memory_mb: int = 1024  # working-memory budget of the search
+    candidates: int = 8  # rows per sample kept by the fast float32 stage for the exact re-rank
 
 
 # ----------------------------------------------------------------------------------------------

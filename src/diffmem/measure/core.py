@@ -1,0 +1,164 @@
+"""The memorization measurement: one-shot :func:`measure` and the streaming :class:`StreamingMeasurer`.
+
+A generated sample x is memorized when d₁/d₂ < threshold (default 1/3), with d₁, d₂ its exact ℓ2
+distances to the nearest and second-nearest distinct training images. The memorization ratio is the
+memorized fraction, reported with a Wilson confidence interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diffmem.config import MeasureConfig
+from diffmem.devices import resolve_device
+from diffmem.errors import UsageError
+from diffmem.io import ImageSet
+from diffmem.measure.knn import search
+from diffmem.measure.stats import wilson_interval
+from diffmem.measure.vectors import TrainIndex, as_vectors, check_compatible, prepare_train
+
+log = logging.getLogger(__name__)
+
+MIN_SAMPLES = 1000  # below this many samples the ratio is too uncertain to compare settings
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Summary and per-sample results (NN ids index the training set as given; canonical copies)."""
+
+    summary: dict[str, Any]
+    sample_index: np.ndarray  # int64 n
+    seeds: np.ndarray  # int64 n (−1 where unknown)
+    nn1: np.ndarray  # int64 n
+    nn2: np.ndarray  # int64 n: nearest training image whose pixels differ from NN₁'s
+    d1: np.ndarray  # float64 n: ‖x − NN₁‖₂
+    d2: np.ndarray  # float64 n: ‖x − NN₂‖₂ (> 0)
+    ratio: np.ndarray  # float64 n: d₁ / d₂
+    memorized: np.ndarray  # bool n: ratio < threshold
+    nn1_copies: np.ndarray = field(default=None)  # int64 n: identical copies of NN₁ in the training set
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The per-sample table as named arrays."""
+        return {k: getattr(self, k) for k in ("sample_index", "seeds", "nn1", "nn2", "d1", "d2", "ratio",
+                                              "memorized", "nn1_copies")}
+
+
+def _check_cfg(cfg: MeasureConfig) -> None:
+    if not 0.0 < cfg.threshold <= 1.0:
+        raise UsageError(f"--threshold: {cfg.threshold} is not valid; expected a number in (0, 1], e.g. 1/3")
+    if not 0.0 < cfg.confidence < 1.0:
+        raise UsageError(f"--confidence: {cfg.confidence} is not valid; expected a number in (0, 1)")
+    if cfg.candidates < 2:
+        raise UsageError(f"--candidates: {cfg.candidates} is not valid; expected at least 2")
+
+
+def _matching_dtypes(q: np.ndarray, index: TrainIndex) -> tuple[np.ndarray, TrainIndex]:
+    """uint8 against uint8 stays integer-exact; any float involvement compares in a common float dtype."""
+    if q.dtype == index.vectors.dtype:
+        return q, index
+    if index.vectors.dtype == np.uint8 or q.dtype == np.float64:
+        raise UsageError(f"samples are {q.dtype} vectors but training vectors are {index.vectors.dtype}; "
+                         "expected both uint8 pixels or both float features")
+    return q.astype(index.vectors.dtype), index
+
+
+class StreamingMeasurer:
+    """Measure batches of samples as they are generated; ``result()`` equals the one-shot :func:`measure`.
+
+    >>> m = StreamingMeasurer(train_images, MeasureConfig())
+    >>> for batch in batches: m.add(batch.images, seeds=batch.seeds)
+    >>> m.result().summary["memorization_ratio"]
+    """
+
+    def __init__(self, train: ImageSet | np.ndarray | TrainIndex, cfg: MeasureConfig | None = None, *,
+                 progress: bool = False) -> None:
+        cfg = cfg or MeasureConfig()
+        _check_cfg(cfg)
+        self.cfg = cfg
+        self.index = train if isinstance(train, TrainIndex) else prepare_train(train)
+        self.device = resolve_device(cfg.device)
+        self.progress = progress
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (seeds, ids, sq)
+        self._n_fallback = 0
+
+    def add(self, images: ImageSet | np.ndarray, seeds: np.ndarray | None = None) -> None:
+        """Search one batch of samples (images or feature vectors) against the training set."""
+        q, shape = as_vectors(images, "--samples")
+        check_compatible(shape, self.index.shape)
+        q, index = _matching_dtypes(q, self.index)
+        if seeds is None and isinstance(images, ImageSet):
+            seeds = images.seeds
+        seeds = np.full(q.shape[0], -1, np.int64) if seeds is None else np.asarray(seeds, np.int64).reshape(-1)
+        if seeds.shape[0] != q.shape[0]:
+            raise UsageError(f"seeds: {seeds.shape[0]} values for {q.shape[0]} samples; expected one per sample")
+        nn = search(q, index, candidates=self.cfg.candidates, backend=self.cfg.backend, device=self.device,
+                    memory_mb=self.cfg.memory_mb, progress=self.progress)
+        self._parts.append((seeds, nn.ids, nn.sq_dist))
+        self._n_fallback += nn.n_fallback
+
+    def result(self) -> Measurement:
+        """The measurement of every sample added so far, in the order added."""
+        if not self._parts:
+            raise UsageError("--samples: no samples were measured; expected at least one")
+        seeds = np.concatenate([p[0] for p in self._parts])
+        ids = np.concatenate([p[1] for p in self._parts])
+        sq = np.concatenate([p[2] for p in self._parts])
+        return _finish(seeds, ids, sq, self.index, self.cfg, str(self.device), self._n_fallback)
+
+
+def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainIndex, cfg: MeasureConfig,
+            device: str, n_fallback: int) -> Measurement:
+    d = np.sqrt(sq)
+    d1, d2 = d[:, 0], d[:, 1]  # d2 > 0: NN₂ differs from NN₁, so it cannot equal the sample too
+    ratio = d1 / d2
+    memorized = ratio < cfg.threshold
+    n, k = int(ratio.shape[0]), int(memorized.sum())
+    low, high = wilson_interval(k, n, cfg.confidence)
+    warning = None
+    if n < MIN_SAMPLES:
+        warning = (f"only {n} samples measured (fewer than {MIN_SAMPLES}); the ratio's "
+                   f"{cfg.confidence:.0%} interval is [{low:.3f}, {high:.3f}]")
+        log.warning(warning)
+    summary = {
+        "memorization_ratio": k / n,
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": cfg.confidence,
+        "n_samples": n,
+        "n_memorized": k,
+        "n_exact_copies": int(np.count_nonzero(d1 == 0)),
+        "n_train": index.n,
+        "n_train_distinct": index.n_unique,
+        "duplicate_groups": index.duplicate_groups,
+        "duplicate_images": index.n - index.n_unique,
+        "threshold": cfg.threshold,
+        "median_ratio": float(np.median(ratio)),
+        "item_shape": list(index.shape),
+        "dim": index.dim,
+        "distance": "l2 on uint8 pixel values" if index.is_uint8 else "l2 on feature vectors",
+        "backend": cfg.backend,
+        "device": device,
+        "candidates": cfg.candidates,
+        "n_fallback": n_fallback,
+        "warning": warning,
+    }
+    return Measurement(summary=summary, sample_index=np.arange(n, dtype=np.int64), seeds=seeds,
+                       nn1=ids[:, 0].copy(), nn2=ids[:, 1].copy(), d1=d1, d2=d2, ratio=ratio,
+                       memorized=memorized, nn1_copies=index.group_size[ids[:, 0]])
+
+
+def measure(
+    samples: ImageSet | np.ndarray,  # generated images (uint8 N×C×H×W) or feature vectors N×D
+    train: ImageSet | np.ndarray | TrainIndex,  # training images or features (or a prepared index)
+    cfg: MeasureConfig | None = None,  # threshold, backend, device, memory budget (defaults: MeasureConfig())
+    *,
+    progress: bool = False,  # progress bar on stderr
+) -> Measurement:
+    """Memorization ratio of ``samples`` against ``train`` (exact NN₁/NN₂, Wilson interval)."""
+    m = StreamingMeasurer(train, cfg, progress=progress)
+    m.add(samples)
+    return m.result()
