@@ -5,9 +5,8 @@
   de-duplication would drop (``redundant`` = N − distinct images).
 - Near: images whose nearest *other* image lies within an RMS pixel distance
   ‖a − b‖₂ / √D ≤ T (pixel values 0..255, D = C·H·W). Exact copies count as near (distance 0).
-  The nearest neighbours are found in blocks with a float32 matrix product (never the full
-  N×N matrix); the few best candidates of each image are then re-ranked exactly (integer
-  arithmetic in float64), so the reported distances are exact.
+  The nearest neighbours are found exactly, in blocks of a float64 matrix product (integer
+  pixels make it exact; the full N×N matrix never exists).
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-BLOCK_ROWS = 512
-CANDIDATES = 4  # float32 candidates re-ranked exactly per image
+BLOCK_ROWS = 1024
 
 
 def exact_duplicates(images: np.ndarray) -> dict[str, int]:
@@ -36,33 +34,45 @@ def exact_duplicates(images: np.ndarray) -> dict[str, int]:
 
 def nearest_other(
     images: np.ndarray,
-    progress: Callable[[int], None] | None = None,  # called with the rows done after each block
+    progress: Callable[[int], None] | None = None,  # called with the rows done after each row block
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each image, the index of and exact squared ℓ2 distance to its nearest other image."""
+    """For each image, the index of (lowest on ties) and exact squared ℓ2 distance to its nearest other image.
+
+    Pixel values are integers, so ‖a‖² − 2ab + ‖b‖² in float64 is exact (every partial sum stays far
+    below 2⁵³). Only the block pairs J ≥ I of the symmetric distance matrix are computed, each used
+    for the rows of I and the rows of J; no more than one block × block matrix exists at a time.
+    """
     n = images.shape[0]
-    x = images.reshape(n, -1).astype(np.float32)
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
-    k = min(CANDIDATES, n - 1)
+    flat = images.reshape(n, -1)
+    sq = np.einsum("ij,ij->i", flat, flat, dtype=np.int64).astype(np.float64)
     nn = np.full(n, -1, dtype=np.int64)
     d2 = np.full(n, np.inf)
-    if k < 1:
-        return nn, d2
-    flat = images.reshape(n, -1)
-    for s in range(0, n, BLOCK_ROWS):
+    starts = list(range(0, n, BLOCK_ROWS))
+    for bi, s in enumerate(starts):
         e = min(n, s + BLOCK_ROWS)
-        # ‖a − b‖² = ‖a‖² − 2ab + ‖b‖² (float32, approximate; re-ranked exactly below)
-        approx = sq[s:e, None] - 2.0 * (x[s:e] @ x.T) + sq[None, :]
-        approx[np.arange(e - s), np.arange(s, e)] = np.inf  # not itself
-        cand = np.argpartition(approx, k - 1, axis=1)[:, :k]
-        diff = flat[s:e, None, :].astype(np.int32) - flat[cand].astype(np.int32)  # exact integer differences
-        exact = np.einsum("rkd,rkd->rk", diff, diff, dtype=np.int64).astype(np.float64)
-        best = np.argmin(exact, axis=1)
-        rows = np.arange(e - s)
-        nn[s:e] = cand[rows, best]
-        d2[s:e] = exact[rows, best]
+        xi = flat[s:e].astype(np.float64)
+        for t in starts[bi:]:
+            f = min(n, t + BLOCK_ROWS)
+            # ‖a − b‖² = ‖a‖² − 2ab + ‖b‖², exact in float64 for integer pixels
+            D = sq[s:e, None] - 2.0 * (xi @ flat[t:f].astype(np.float64).T) + sq[None, t:f]
+            if t == s:
+                np.fill_diagonal(D, np.inf)  # not itself
+            _update(nn, d2, s, D, t)
+            if t != s:
+                _update(nn, d2, t, D.T, s)
         if progress is not None:
             progress(e - s)
     return nn, d2
+
+
+def _update(nn: np.ndarray, d2: np.ndarray, row0: int, D: np.ndarray, col0: int) -> None:
+    """Fold the block D (rows row0…, columns col0…) into the running nearest neighbours (strictly better)."""
+    j = np.argmin(D, axis=1)
+    best = D[np.arange(D.shape[0]), j]
+    rows = slice(row0, row0 + D.shape[0])
+    better = best < d2[rows]
+    d2[rows] = np.where(better, best, d2[rows])
+    nn[rows] = np.where(better, j + col0, nn[rows])
 
 
 def duplicate_report(

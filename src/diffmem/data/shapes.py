@@ -105,22 +105,24 @@ def render_shapes(res: int, classes: int, diversity: float, n: int, channels: in
     if channels == 1:  # luminance (ITU-R BT.601 weights)
         colour = colour @ np.array([[0.299], [0.587], [0.114]])
     side = res * SUPERSAMPLE
-    g = (np.arange(side) + 0.5) / side * 2.0 - 1.0
+    g = ((np.arange(side) + 0.5) / side * 2.0 - 1.0).astype(np.float32)
     Y, X = np.meshgrid(g, g, indexing="ij")
+    f32 = {k: v.astype(np.float32) for k, v in {"cx": cx, "cy": cy, "scale": scale, "angle": angle}.items()}
     out = np.empty((n, channels, res, res), dtype=np.uint8)
     for s in range(0, n, _CHUNK):
         sl = slice(s, min(n, s + _CHUNK))
-        dx = X[None] - cx[sl, None, None]
-        dy = Y[None] - cy[sl, None, None]
-        cos, sin = np.cos(angle[sl])[:, None, None], np.sin(angle[sl])[:, None, None]
-        u = (cos * dx + sin * dy) / scale[sl, None, None]
-        v = (cos * dy - sin * dx) / scale[sl, None, None]
+        dx = X[None] - f32["cx"][sl, None, None]  # float32: the geometry is drawn at 4× resolution
+        dy = Y[None] - f32["cy"][sl, None, None]
+        cos, sin = np.cos(f32["angle"][sl])[:, None, None], np.sin(f32["angle"][sl])[:, None, None]
+        inv = 1.0 / f32["scale"][sl, None, None]
+        u = (cos * dx + sin * dy) * inv
+        v = (cos * dy - sin * dx) * inv
         v = -v  # image rows grow downwards; shapes are defined with v up
         mask = np.zeros(u.shape, dtype=bool)
         for kind in np.unique(kinds[sl]):
             idx = np.nonzero(kinds[sl] == kind)[0]
             mask[idx] = _inside(int(kind), u[idx], v[idx])
-        cov = mask.reshape(-1, res, SUPERSAMPLE, res, SUPERSAMPLE).mean(axis=(2, 4))  # coverage per pixel
+        cov = mask.reshape(-1, res, SUPERSAMPLE, res, SUPERSAMPLE).sum(axis=(2, 4)) / SUPERSAMPLE**2  # coverage
         img = background[sl, None, None, None] * (1.0 - cov[:, None]) + colour[sl, :, None, None] * cov[:, None]
         out[sl] = np.floor(img * 255.0 + 0.5).astype(np.uint8)
     return out
