@@ -83,11 +83,19 @@ class OptimalDenoiser(torch.nn.Module):
         self.offsets = [0, *torch.cumsum(counts, 0).tolist()]
         self.class_counts = counts.tolist()
         self.register_buffer("order", order, persistent=False)  # row r of Y is training image order[r]
-        # model scale y = u / 127.5 − 1, computed in float64 then cast
-        Y = (u[order].reshape(n, -1).to(torch.float64) / 127.5 - 1.0).to(dtype)
-        self.register_buffer("Y", Y.to(device), persistent=False)
-        self.register_buffer("half_sq", (0.5 * (Y.to(torch.float64) ** 2).sum(1)).to(dtype).to(device),
-                             persistent=False)
+        # model scale y = u / 127.5 − 1 in float64, then cast; built in row blocks so that setup needs no
+        # full-size temporaries
+        flat = u.reshape(n, -1)
+        Y = torch.empty(flat.shape, dtype=dtype, device=device)
+        half_sq = torch.empty(n, dtype=dtype, device=device)
+        step = max(1, 2**20 // flat.shape[1])  # 8 MB float64 blocks (heap-reused, no fresh pages)
+        for j in range(0, n, step):
+            rows = flat[j:j + step] if self.label_dim == 0 else flat[order[j:j + step]]
+            y64 = rows.to(device=device, dtype=torch.float64).div_(127.5).sub_(1.0)
+            Y[j:j + step] = y64
+            half_sq[j:j + step] = 0.5 * (y64 * y64).sum(1)
+        self.register_buffer("Y", Y, persistent=False)
+        self.register_buffer("half_sq", half_sq, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"n_train={self.n_train}, shape=({self.in_channels}, {self.resolution}, {self.resolution}), "
