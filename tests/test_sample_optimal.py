@@ -106,6 +106,25 @@ def test_conditional_optimum_sums_over_the_label(digits):
         D(torch.tensor(x[:1]), 0.0, torch.tensor([0]))
 
 
+@pytest.mark.parametrize("labels", ["true", "unique"])
+def test_conditional_optimum_of_small_classes_equals_brute_force(digits, labels):
+    images = digits[0][:120]
+    lab = digits[1][:120] if labels == "true" else np.random.default_rng(0).permutation(120)
+    k = int(lab.max()) + 1
+    D = OptimalDenoiser(images, lab, label_dim=k)  # classes small enough for the gathered (padded) path
+    x = _noisy(images, 0.3, 40, 5)
+    want = np.random.default_rng(1).integers(0, k, 40)
+    sigma = torch.tensor(np.linspace(0.002, 80, 40))
+    out = D(torch.tensor(x), sigma, torch.tensor(want)).numpy()
+    for i in range(40):
+        ref = reference_denoise(x[i:i + 1], float(sigma[i]), images[lab == want[i]])
+        np.testing.assert_allclose(out[i:i + 1], ref, rtol=0, atol=1e-10)
+    if labels == "unique":  # one image per class: D* is that image at every σ
+        np.testing.assert_allclose(out, images[np.argsort(lab)[want]] / 127.5 - 1, rtol=0, atol=1e-12)
+    with pytest.raises(UsageError, match="labels: values in"):
+        D(torch.tensor(x[:1]), 1.0, torch.tensor([k]))
+
+
 def test_optimum_samples_of_64_digits_are_memorized(digits):
     images = digits[0][:64]
     assert len(np.unique(images.reshape(64, -1), axis=0)) == 64  # no duplicates: NN₂ is a different image

@@ -127,6 +127,19 @@ class OptimalDenoiser(torch.nn.Module):
             m = m_new
         return acc / s[:, None]
 
+    def _gathered(self, x: torch.Tensor, inv_two_sigma2: torch.Tensor, lab: torch.Tensor, counts: torch.Tensor,
+                  k_max: int) -> torch.Tensor:
+        """The conditional optimum for small classes: each sample's class rows gathered into one padded batch."""
+        offsets = torch.tensor(self.offsets[:-1], device=x.device)
+        k = torch.arange(k_max, device=x.device)
+        valid = k[None, :] < counts[lab][:, None]  # N_batch × k_max
+        idx = torch.where(valid, offsets[lab][:, None] + k[None, :], 0)
+        Yg = self.Y[idx]  # N_batch × k_max × D
+        # log w_i + const = (x·y_i − ½‖y_i‖²)/σ² over the sample's class; padding gets −inf
+        logits = (torch.bmm(Yg, x[:, :, None]).squeeze(2) - self.half_sq[idx]) * (2 * inv_two_sigma2[:, None])
+        w = torch.softmax(logits.masked_fill(~valid, -math.inf), dim=1)
+        return torch.bmm(w[:, None, :], Yg).squeeze(1)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
         """D*(x; σ) for a batch; returns a tensor of ``x``'s shape, dtype and device."""
         b = x.shape[0]
@@ -149,13 +162,23 @@ class OptimalDenoiser(torch.nn.Module):
             lab = torch.as_tensor(labels).to(device=dev, dtype=torch.int64).reshape(-1)
             if lab.shape[0] != b:
                 raise UsageError(f"labels: {lab.shape[0]} labels for {b} samples; expected one per sample")
-            out = torch.empty_like(xf)
-            # the conditional optimum: the softmax runs over the images that carry each sample's label
-            for c in torch.unique(lab).tolist():
-                if not 0 <= c < self.label_dim or self.class_counts[c] == 0:
-                    raise UsageError(f"labels: class {c} has no training images (label_dim={self.label_dim}, "
-                                     f"classes with images: {sum(k > 0 for k in self.class_counts)}); "
-                                     "expected a label that some training image carries")
-                rows = (lab == c).nonzero().squeeze(1)
-                out[rows] = self._stream(xf[rows], inv_two_sigma2[rows], self.offsets[c], self.offsets[c + 1])
+            counts = torch.tensor(self.class_counts, device=dev)
+            if int(lab.min()) < 0 or int(lab.max()) >= self.label_dim:
+                raise UsageError(f"labels: values in [{int(lab.min())}, {int(lab.max())}] are not valid; "
+                                 f"expected 0..{self.label_dim - 1} (label_dim={self.label_dim})")
+            empty = (counts[lab] == 0).nonzero()
+            if len(empty):
+                raise UsageError(f"labels: class {int(lab[empty[0, 0]])} has no training images (label_dim="
+                                 f"{self.label_dim}, classes with images: {sum(k > 0 for k in self.class_counts)}); "
+                                 "expected a label that some training image carries")
+            k_max = int(counts[lab].max())
+            itemsize = torch.finfo(self.compute_dtype).bits // 8
+            if k_max <= self._rows_per_block(b) and b * k_max * xf.shape[1] * itemsize <= self.memory_mb * 2**20:
+                out = self._gathered(xf, inv_two_sigma2, lab, counts, k_max)
+            else:
+                out = torch.empty_like(xf)
+                # the conditional optimum: the softmax runs over the images that carry each sample's label
+                for c in torch.unique(lab).tolist():
+                    rows = (lab == c).nonzero().squeeze(1)
+                    out[rows] = self._stream(xf[rows], inv_two_sigma2[rows], self.offsets[c], self.offsets[c + 1])
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
