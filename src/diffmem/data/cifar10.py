@@ -86,15 +86,15 @@ class _ArrayStub:
             raise pickle.UnpicklingError("ndarray state without a plain dtype")
         if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
             raise pickle.UnpicklingError(f"ndarray shape {shape!r} is not valid")
-        if isinstance(raw, str):  # a Python-2 str read with encoding="latin1"
+        if isinstance(raw, str):  # a Python-2 str read as text
             raw = raw.encode("latin1")
         if not isinstance(raw, (bytes, bytearray)):
             raise pickle.UnpicklingError("ndarray payload is not raw bytes (object arrays are refused)")
         n = int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize
         if len(raw) != n:
             raise pickle.UnpicklingError(f"ndarray payload has {len(raw)} bytes; shape {shape} needs {n}")
-        flat = np.frombuffer(bytes(raw), dtype=dtype.dtype)
-        self.array = flat.reshape(shape, order="F" if fortran else "C").copy()
+        flat = np.frombuffer(raw, dtype=dtype.dtype)
+        self.array = flat.reshape(shape, order="F" if fortran else "C")  # read-only view of the payload
 
 
 class _Admitted:
@@ -164,8 +164,12 @@ def _unstub(obj):
 
 
 def restricted_loads(data: bytes):
-    """Unpickle ``data`` (Python-2 strings read as latin-1) admitting plain data and numeric arrays only."""
-    return _unstub(RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load())
+    """Unpickle ``data`` admitting plain data and numeric arrays only.
+
+    Python-2 strings come back as ``bytes`` (no decoding of the pixel payload); dict keys are
+    decoded to ``str``.
+    """
+    return _unstub(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,6 +264,8 @@ def _class_names(meta: bytes | None, kind: str) -> tuple[str, ...]:
         return default
     if kind == "python":
         names = restricted_loads(meta).get("label_names")
+        if isinstance(names, list):
+            names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
     else:
         names = [line.strip() for line in meta.decode("latin1").splitlines() if line.strip()]
     if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, str) for n in names):

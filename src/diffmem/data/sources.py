@@ -26,7 +26,8 @@ from diffmem.errors import UsageError
 log = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("digits", "shapes", "cifar10", "zip", "folder", "npz")
-SOURCE_FORMS = "digits, shapes[:res=R,classes=C,diversity=D,n=N], cifar10:PATH, zip:PATH, folder:PATH or npz:PATH"
+SOURCE_FORMS = ("digits, shapes[:res=R,classes=C,diversity=D,n=N,channels=1|3,seed=S], cifar10:PATH, zip:PATH, "
+                "folder:PATH or npz:PATH")
 
 
 @dataclass(frozen=True)
