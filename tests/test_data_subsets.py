@@ -9,7 +9,7 @@ from diffmem.data.duplicates import duplicate_report, nearest_other
 from diffmem.data.resize import block_mean, downsample
 from diffmem.data.shapes import render_shapes
 from diffmem.data.sources import load_digits
-from diffmem.data.subsets import mix_pattern, priority_order
+from diffmem.data.subsets import class_sequence, mix_pattern, priority_order
 
 DIGIT_LABELS = load_digits().labels  # the source's true labels, the reference for every check
 
@@ -97,6 +97,24 @@ def test_mix_pattern_counts():
         p = mix_pattern(200, rate)
         for n in (1, 7, 40, 200):
             assert p[:n].sum() == np.floor(n * rate + 0.5)
+
+
+def test_class_sequence_stops_where_a_source_runs_out():
+    seq = class_sequence(np.arange(3), np.arange(10) + 100, 0.5)
+    # slots alternate mix, primary, …; the 8th slot would need a 4th primary image
+    assert seq.tolist() == [100, 0, 101, 1, 102, 2, 103]
+    assert class_sequence(np.arange(3), np.arange(10) + 100, 0.0).tolist() == [0, 1, 2]
+
+
+def test_cli_defaults_hash_like_the_library_defaults():
+    from diffmem.artefacts import config_hash
+    from diffmem.cli import build_parser
+    from diffmem.cli.data import config_from_args
+
+    args = build_parser().parse_args(["data", "--source", "digits", "--size", "64", "--out", "x"])
+    assert config_hash(config_from_args(args)) == config_hash(DataConfig(size=64))  # one dataset, reused by both
+    args = build_parser().parse_args(["data", "--source", "digits", "--independent", "--out", "x"])
+    assert config_from_args(args) == DataConfig(nested=False)
 
 
 def test_mix_takes_the_stated_fraction_per_class_and_matches_classes():

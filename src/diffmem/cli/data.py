@@ -20,24 +20,28 @@ EXAMPLES = """\
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from diffmem.config import DataConfig
+
+    d = DataConfig()  # the single source of defaults: the CLI and the library hash the same config
     parser.add_argument("--source", required=True, metavar="SRC", help=f"where the images come from: {SOURCE_FORMS}")
     parser.add_argument("--size", type=int, metavar="N", help="images to keep, class-balanced (default: all)")
     parser.add_argument("--classes", type=int, metavar="C", help="keep only the first C classes of the source")
-    parser.add_argument("--labels", default="none", choices=("true", "none", "random", "unique"),
+    parser.add_argument("--labels", default=d.labels, choices=("true", "none", "random", "unique"),
                         help="true labels, none, random labels from K classes, or one label per image "
-                             "(default: none)")
+                             f"(default: {d.labels})")
     parser.add_argument("--label-classes", type=int, metavar="K", help="K for --labels random")
     parser.add_argument("--resolution", type=int, metavar="R", help="downsample to R×R (antialiased)")
-    parser.add_argument("--resample", default="box", choices=RESAMPLE_FILTERS,
-                        help="antialiasing filter for --resolution (default: box)")
+    parser.add_argument("--resample", default=d.resample, choices=RESAMPLE_FILTERS,
+                        help=f"antialiasing filter for --resolution (default: {d.resample})")
     parser.add_argument("--mix", metavar="SRC2", help="a second source to mix in (intra-class diversity)")
-    parser.add_argument("--mix-rate", type=float, default=0.0, metavar="A",
+    parser.add_argument("--mix-rate", type=float, default=d.mix_rate, metavar="A",
                         help="fraction of each class taken from --mix, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the subset and label draws")
+    parser.add_argument("--seed", type=int, default=d.seed, metavar="S", help="seed of the subset and label draws")
     parser.add_argument("--independent", action="store_true",
                         help="draw each size independently (default: nested across sizes for one seed)")
-    parser.add_argument("--near-threshold", type=float, default=2.0, metavar="T",
-                        help="near duplicates: RMS pixel distance ≤ T on the 0..255 scale (default: 2.0)")
+    parser.add_argument("--near-threshold", type=float, default=d.near_dup_threshold, metavar="T",
+                        help=f"near duplicates: RMS pixel distance ≤ T on the 0..255 scale (default: "
+                             f"{d.near_dup_threshold:g})")
     parser.add_argument("--out", required=True, metavar="DIR", help="the artefact directory to write")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the manifest) on stdout")
 
@@ -63,17 +67,23 @@ def _lines(m: dict, out: Path, reused: bool) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    from diffmem.artefacts import is_complete, read_manifest
-    from diffmem.cli.common import print_json
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~diffmem.config.DataConfig` of parsed ``diffmem data`` arguments."""
     from diffmem.config import DataConfig
-    from diffmem.data import build_dataset
 
-    cfg = DataConfig(
+    return DataConfig(
         source=args.source, size=args.size, classes=args.classes, labels=args.labels,
         label_classes=args.label_classes, resolution=args.resolution, resample=args.resample, mix=args.mix,
         mix_rate=args.mix_rate, seed=args.seed, nested=not args.independent, near_dup_threshold=args.near_threshold,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffmem.artefacts import is_complete, read_manifest
+    from diffmem.cli.common import print_json
+    from diffmem.data import build_dataset
+
+    cfg = config_from_args(args)
     out = Path(args.out)
     reused = is_complete(out, "dataset", cfg)
     build_dataset(cfg, out, progress=True)
