@@ -1,14 +1,161 @@
-"""`diffmem train` (not built yet)."""
+"""`diffmem train`: train (or resume) a denoiser on a dataset artefact; every knob is a flag."""
 
-from diffmem.cli.common import not_built
+from __future__ import annotations
 
-HELP = "(not built yet) see DESIGN.md §3"
-EXAMPLES = "  (none yet)\n"
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from diffmem.config import ModelConfig, TrainConfig, model_train_preset, preset_names, to_dict
+from diffmem.errors import UsageError
+
+HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
+EXAMPLES = """\
+  diffmem train --data out/digits64 --out runs/d64 --preset digits          # minutes on 2 CPU cores
+  diffmem train --data out/digits64 --out runs/d64c16 --preset digits --channels 16 --batch 64 \\
+      --lr 2e-3 --ema-decay 0.99 --kimg 192 --snapshot-kimg 48
+  diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic --skip-mask 1,1,1,0,0,0,1,1,1
+  diffmem train --data out/digits64 --out runs/x --preset digits --dry-run   # print the resolved config
+  torchrun --nproc_per_node=4 -m diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic
+"""
+
+_MODEL_FLAGS = {  # flag → (field, parser, help)
+    "arch": ("arch", str, "backbone family: ddpmpp (box resampling) or ncsnpp (FIR [1,3,3,1])"),
+    "channels": ("channels", int, "base channel count (width)"),
+    "channel-mult": ("channel_mult", "ints", "channel multiplier per resolution level, e.g. 2,2,2"),
+    "blocks": ("blocks", int, "residual blocks per resolution (depth)"),
+    "attn-resolutions": ("attn_resolutions", "ints", "resolutions with self-attention, e.g. 16 or 'none'"),
+    "dropout": ("dropout", float, "dropout probability in the residual blocks"),
+    "embedding": ("embedding", str, "time embedding of c_noise: positional or fourier"),
+    "encoder": ("encoder", str, "standard, or residual (NCSN++ progressive input)"),
+    "skip-mask": ("skip_mask", "mask", "on/off per encoder→decoder skip, e.g. 1,0,1,1 ('all' = all on); "
+                                       "levels×(blocks+1) flags from the input conv down"),
+    "precond": ("precond", str, "preconditioning and loss: vp, ve or edm"),
+    "sigma-data": ("sigma_data", float, "σ_data of EDM preconditioning"),
+}
+_TRAIN_FLAGS = {
+    "batch": ("batch", int, "total batch size (over all processes)"),
+    "batch-per-device": ("batch_per_device", int, "per-process micro-batch; gradient accumulation down to it"),
+    "lr": ("lr", float, "Adam learning rate"),
+    "betas": ("betas", "floats", "Adam betas, e.g. 0.9,0.999"),
+    "warmup-kimg": ("warmup_kimg", float, "linear learning-rate warm-up, in kimg (0 = none)"),
+    "weight-decay": ("weight_decay", float, "Adam's coupled L2 weight decay (torch.optim.Adam weight_decay, "
+                                            "as the reference study used; not AdamW)"),
+    "ema-decay": ("ema_decay", float, "constant per-step EMA decay (0 = no EMA); overrides --ema-halflife-kimg"),
+    "ema-halflife-kimg": ("ema_halflife_kimg", float, "EMA half-life in kimg (EDM style), used without --ema-decay"),
+    "ema-rampup-ratio": ("ema_rampup_ratio", float, "EDM's EMA ramp-up: half-life ≤ ratio × images seen"),
+    "snapshot-kimg": ("snapshot_kimg", float, "EMA snapshot every this many kimg"),
+    "log-kimg": ("log_kimg", float, "stats.jsonl line every this many kimg (default ~100 lines)"),
+    "state-kimg": ("state_kimg", float, "resumable state every this many kimg (default: at snapshots)"),
+    "P-mean": ("P_mean", float, "EDM loss: mean of ln σ"),
+    "P-std": ("P_std", float, "EDM loss: standard deviation of ln σ"),
+    "precision": ("precision", str, "fp32, or bf16 autocast"),
+    "grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
+    "seed": ("seed", int, "seed of the initial weights, data order, σ, noise and dropout"),
+    "device": ("device", str, "auto, cpu, cuda or cuda:N"),
+}
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset artefact dir (or .npz / image folder)")
+    parser.add_argument("--out", required=True, help="run directory; the same command on it again resumes")
+    parser.add_argument("--preset", default="digits", help=f"recipe to start from: {', '.join(preset_names())} "
+                                                           "(default digits)")
+    dur = parser.add_mutually_exclusive_group()
+    dur.add_argument("--kimg", type=float, help="training duration in thousands of images")
+    dur.add_argument("--epochs", type=float, help="training duration in passes over the dataset")
+    m = parser.add_argument_group("model knobs (override the preset)")
+    for flag, (_, kind, text) in _MODEL_FLAGS.items():
+        m.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
+    t = parser.add_argument_group("training knobs (override the preset)")
+    for flag, (_, kind, text) in _TRAIN_FLAGS.items():
+        t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the run summary) on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def run(args):
-    return not_built("train")
+def _metavar(kind) -> str | None:
+    return {"ints": "N,N,…", "floats": "X,X", "mask": "0/1,…"}.get(kind) if isinstance(kind, str) else None
+
+
+def _parse(flag: str, kind, text: str):
+    if kind == "ints" and text.strip().lower() in ("none", ""):
+        return ()
+    if kind == "mask":
+        if text.strip().lower() == "all":
+            return None
+        parts = [p.strip() for p in text.split(",")]
+        if not all(p in ("0", "1") for p in parts):
+            raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated 0/1 flags such as 1,0,1,1")
+        return tuple(p == "1" for p in parts)
+    try:
+        conv = int if kind == "ints" else float
+        return tuple(conv(p) for p in text.split(","))
+    except ValueError as e:
+        raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated numbers") from e
+
+
+def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The preset with every given flag applied."""
+    model, train = model_train_preset(args.preset)
+    changes: dict[str, dict] = {"model": {}, "train": {}}
+    for group, flags in (("model", _MODEL_FLAGS), ("train", _TRAIN_FLAGS)):
+        for flag, (field, kind, _) in flags.items():
+            v = getattr(args, flag.replace("-", "_"))
+            if v is not None:
+                changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
+    if args.kimg is not None:
+        changes["train"].update(kimg=args.kimg, epochs=None)
+    if args.epochs is not None:
+        changes["train"].update(epochs=args.epochs, kimg=None)
+    if "ema_halflife_kimg" in changes["train"] and "ema_decay" not in changes["train"]:
+        changes["train"]["ema_decay"] = None
+    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **changes["train"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffmem.cli.common import print_json
+    from diffmem.train.loop import resolve_configs
+
+    model, train = resolve(args)
+    data, out = Path(args.data), Path(args.out)
+    if args.dry_run:
+        _, _, resolved = resolve_configs(data, model, train)
+        print_json(resolved) if args.json else sys.stdout.write(json.dumps(to_dict(resolved), indent=2) + "\n")
+        return 0
+
+    from diffmem.train import list_snapshots
+    from diffmem.train import train as train_fn
+    from diffmem.train.distributed import world
+
+    train_fn(data, out, model, train, progress=not args.no_progress)
+    if world()[0] != 0:
+        return 0
+    summary = _summary(out)
+    if args.json:
+        print_json(summary)
+    else:
+        last = summary["last_stats"] or {}
+        print(f"trained {summary['steps']} steps of batch {summary['batch']} = {summary['kimg']:.3f} kimg "
+              f"({summary['epochs']:.1f} epochs over {summary['images']} images)")
+        if last:
+            print(f"loss (mean of the last logged interval, ending at step {last['step']}): {last['loss']:.4f}; "
+                  f"speed {last['images_per_s']:.0f} images/s")
+        print(f"final EMA weights: {summary['final']}; snapshots: {len(list_snapshots(out))} in {out / 'checkpoints'}")
+    return 0
+
+
+def _summary(out: Path) -> dict:
+    from diffmem.artefacts import read_manifest
+    from diffmem.train.checkpoints import FINAL_FILE, list_snapshots
+
+    m = read_manifest(out) or {}
+    lines = (out / "stats.jsonl").read_text().splitlines() if (out / "stats.jsonl").exists() else []
+    return {"run": str(out), "final": str(out / FINAL_FILE), "steps": m.get("steps"), "kimg": m.get("kimg"),
+            "epochs": m.get("epochs"), "batch": m.get("config", {}).get("train", {}).get("batch"),
+            "images": m.get("config", {}).get("data", {}).get("images"),
+            "snapshots_kimg": [k for k, _ in list_snapshots(out)],
+            "last_stats": json.loads(lines[-1]) if lines else None}

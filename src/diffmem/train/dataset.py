@@ -1,0 +1,110 @@
+"""The training images as the loop sees them: pixels, labels, the label count, and the data order.
+
+The data order is a stream of per-epoch permutations, each drawn from (seed, epoch), so the images
+of step s are known from s alone: resuming and DDP need no hidden sampler state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffmem.artefacts import MANIFEST, array_hash
+from diffmem.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    images: np.ndarray  # uint8 N×C×H×W
+    labels: np.ndarray | None  # int64 N in [0, label_dim) when conditional, else None
+    label_dim: int  # 0 = unconditional
+    data_hash: str  # content hash of images and labels
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _manifest_label_classes(path: Path) -> int | None:
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    v = m.get("label_classes") if isinstance(m, dict) else None
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def load_training_data(path: str | Path) -> TrainingData:
+    """Images and labels of a dataset artefact (or any image set ``diffmem.io.load_images`` reads).
+
+    The model is conditional iff the data has labels: ``label_classes`` > 0 in the manifest, or, where
+    no manifest says so, labels ≥ 0 (then max(label) + 1 classes).
+    """
+    path = Path(path)
+    try:
+        from diffmem.data import load_dataset  # the dataset artefact reader, when installed
+    except ImportError:
+        load_dataset = None
+    if load_dataset is not None:
+        s, label_classes = load_dataset(path)
+    else:
+        from diffmem.io import load_images
+
+        s = load_images(path)
+        label_classes = _manifest_label_classes(path) if path.is_dir() else None
+    images, labels = s.images, s.labels
+    n, c, h, w = images.shape
+    if h != w:
+        raise UsageError(f"--data: {path} holds {h}×{w} images; expected square images")
+    label_dim = 0
+    if label_classes is not None and label_classes > 0:
+        label_dim = label_classes
+    elif label_classes is None and labels is not None and (labels >= 0).any():
+        label_dim = int(labels.max()) + 1
+    if label_dim:
+        if labels is None or labels.min() < 0 or labels.max() >= label_dim:
+            bad = "none" if labels is None else f"{int(labels.min())}..{int(labels.max())}"
+            raise UsageError(f"--data: {path} has labels {bad}; expected every label in 0..{label_dim - 1}")
+        labels = labels.astype(np.int64)
+    else:
+        labels = None
+    data_hash = hashlib.sha256((array_hash(images) + (array_hash(labels) if labels is not None else "")).encode())
+    log.info("data %s: %d images %dx%dx%d, %d label classes", path, n, c, h, w, label_dim)
+    return TrainingData(images=images, labels=labels, label_dim=label_dim, data_hash=data_hash.hexdigest()[:16])
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (seed, purpose, step, rank…), independent across keys."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class DataOrder:
+    """Global indices of training step ``s``: positions s·B … (s+1)·B − 1 of the epoch-permutation stream."""
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        self.n, self.batch, self.seed = n, batch, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of epoch ``epoch``, drawn from (seed, epoch)."""
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch]))
+            self._perms[epoch] = rng.permutation(self.n)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        pos = np.arange(step * self.batch, (step + 1) * self.batch, dtype=np.int64)
+        epoch, offset = pos // self.n, pos % self.n
+        out = np.empty_like(pos)
+        for e in np.unique(epoch):
+            sel = epoch == e
+            out[sel] = self.permutation(int(e))[offset[sel]]
+        return out

@@ -1,0 +1,294 @@
+"""The training loop: Adam with warm-up, gradient accumulation, EMA, snapshots, resumable states, DDP.
+
+Reproducibility: the data order of step s comes from (seed, epoch), the σ and noise draws of step s
+from (seed, step) for the whole global batch (each process takes its slice), and dropout from
+(seed, step, rank). A run is therefore a function of its config, and a resumed run continues with
+exactly the draws the uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from diffmem import artefacts
+from diffmem.config import ModelConfig, TrainConfig
+from diffmem.devices import resolve_device
+from diffmem.errors import RunError, UsageError
+from diffmem.io import to_model_scale
+from diffmem.nn import build_denoiser
+from diffmem.train import distributed as dist
+from diffmem.train.checkpoints import (
+    FINAL_FILE,
+    SNAPSHOT_DIR,
+    STATE_FILE,
+    load_state,
+    save_denoiser,
+    save_state,
+    snapshot_name,
+)
+from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
+from diffmem.train.ema import ema_beta, make_ema, update_ema
+from diffmem.train.losses import per_sample_loss, sample_sigma
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.jsonl"
+CONFIG_FILE = "config.json"
+_NOISE, _DROPOUT, _INIT = 2, 3, 4  # purposes of derived seeds
+
+
+def resolve_configs(data_path: Path, model: ModelConfig, train: TrainConfig):
+    """(training data, resolved model config, resolved run config dict) — model shape from the data."""
+    data = load_training_data(data_path)
+    _, c, r, _ = data.images.shape
+    model = dataclasses.replace(model, resolution=int(r), in_channels=int(c), label_dim=data.label_dim)
+    build_denoiser_check(model)
+    validate_train_config(train, len(data))
+    resolved = {"model": model, "train": train,
+                "data": {"path": str(data_path), "hash": data.data_hash, "images": len(data),
+                         "label_dim": data.label_dim}}
+    return data, model, resolved
+
+
+def build_denoiser_check(model: ModelConfig) -> None:
+    from diffmem.nn import validate_model_config
+
+    validate_model_config(model)
+
+
+def validate_train_config(t: TrainConfig, n_images: int) -> None:
+    """Refuse a training config that cannot run, naming the option and what is expected."""
+    _, size, _ = dist.world()
+    if (t.kimg is None) == (t.epochs is None):
+        raise UsageError(f"--kimg/--epochs: kimg={t.kimg}, epochs={t.epochs}; expected exactly one of them")
+    if (t.kimg is not None and t.kimg <= 0) or (t.epochs is not None and t.epochs <= 0):
+        raise UsageError(f"--kimg/--epochs: {t.kimg or t.epochs} is not valid; expected a positive duration")
+    if t.batch < 1 or t.batch % size:
+        raise UsageError(f"--batch: {t.batch} is not valid; expected a positive multiple of the {size} processes")
+    per_rank = t.batch // size
+    if t.batch_per_device is not None and (t.batch_per_device < 1 or per_rank % t.batch_per_device):
+        raise UsageError(f"--batch-per-device: {t.batch_per_device} is not valid; expected a divisor of the "
+                         f"{per_rank} images per process (batch {t.batch} / {size} processes)")
+    if t.lr <= 0:
+        raise UsageError(f"--lr: {t.lr} is not valid; expected a positive learning rate")
+    if t.ema_decay is not None and not 0 <= t.ema_decay < 1:
+        raise UsageError(f"--ema-decay: {t.ema_decay} is not valid; expected a decay in [0, 1) (0 = no EMA)")
+    if t.precision not in ("fp32", "bf16"):
+        raise UsageError(f"--precision: {t.precision!r} is not valid; expected fp32 or bf16")
+    for name in ("snapshot_kimg", "log_kimg", "state_kimg", "ema_halflife_kimg"):
+        v = getattr(t, name)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: {v} is not valid; expected a positive number of kimg")
+
+
+def run_identity(resolved: dict) -> str:
+    """Config hash deciding "same run": everything but the device and the data's path."""
+    ident = artefacts.to_jsonable(resolved)
+    ident["train"].pop("device", None)
+    ident["data"].pop("path", None)
+    return artefacts.config_hash(ident)
+
+
+def _prepare_run_dir(run: Path, resolved: dict, ident: str) -> bool:
+    """Check or create the run dir; returns True when it already holds the complete run."""
+    m = artefacts.read_manifest(run)
+    if m is not None:
+        if m.get("stage") != "run":
+            raise UsageError(f"--out: {str(run)!r} holds a {m.get('stage')!r} artefact; expected a run directory")
+        if m.get("run_identity") != ident:
+            old = m.get("config", {})
+            diff = _first_difference(old, artefacts.to_jsonable(resolved))
+            raise UsageError(f"--out: {str(run)!r} holds a run of a different config ({diff}); "
+                             "choose a new directory or repeat the original options")
+        return m.get("status") == "complete"
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise UsageError(f"--out: {str(run)!r} exists and is not a diffmem run; choose a new directory")
+    run.mkdir(parents=True, exist_ok=True)
+    artefacts.atomic_write_json(run / CONFIG_FILE, resolved)  # the resolved config, before any work
+    artefacts.write_manifest(run, "run", resolved, status="running", run_identity=ident)
+    return False
+
+
+def _first_difference(a, b, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+    return f"{where or 'config'}: {json.dumps(a)} there vs {json.dumps(b)} now"
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop stats lines past ``step`` (written after the state that is resumed)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a line cut short by an interruption
+    artefacts.atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _crossed(nimg: int, batch: int, every_kimg: float | None) -> bool:
+    if every_kimg is None:
+        return False
+    every = every_kimg * 1000
+    return math.floor(nimg / every + 1e-9) > math.floor((nimg - batch) / every + 1e-9)
+
+
+def train(
+    data: Path,
+    run: Path,
+    model: ModelConfig,
+    train: TrainConfig,
+    *,
+    progress: bool = False,
+    stop_after_steps: int | None = None,  # save the state and return early after this step (interruption)
+) -> Path:
+    """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (DESIGN.md §2); returns ``run``.
+
+    Resumes from ``run/state.safetensors`` when ``run`` holds an unfinished run of the same config,
+    returns at once when it holds the finished run, and refuses a run dir of a different config.
+    ``model.resolution``, ``in_channels`` and ``label_dim`` are taken from the data.
+    """
+    data, run = Path(data), Path(run)
+    rank, size, local_rank = dist.world()
+    device = resolve_device(train.device)
+    if device.type == "cuda" and size > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    distributed = dist.init(device)
+    td, model, resolved = resolve_configs(data, model, train)
+    ident = run_identity(resolved)
+    done = _prepare_run_dir(run, resolved, ident) if rank == 0 else False
+    done = dist.broadcast_flag(done, device)
+    if done:
+        log.info("%s already holds the complete run; nothing to do", run)
+        return run
+    dist.barrier()
+
+    B, N = train.batch, len(td)
+    per_rank = B // size
+    micro = train.batch_per_device or per_rank
+    total_nimg = train.kimg * 1000 if train.kimg is not None else train.epochs * N
+    total_steps = max(1, math.ceil(total_nimg / B - 1e-9))
+    state_kimg = train.state_kimg or train.snapshot_kimg or max(B, total_steps * B // 10) / 1000
+
+    torch.manual_seed(derive_seed(train.seed, _INIT))  # the initial weights come from the seed
+    net = build_denoiser(model).to(device).train()
+    ema = make_ema(net)
+    opt = torch.optim.Adam(net.parameters(), lr=train.lr, betas=train.betas, eps=train.eps,
+                           weight_decay=train.weight_decay)  # coupled L2, as the reference study used
+    step = nimg = 0
+    state_path = run / STATE_FILE
+    if state_path.exists():
+        step, nimg = load_state(state_path, net, ema, opt, config_hash=ident)
+        log.info("resuming %s at step %d (%.3f kimg)", run, step, nimg / 1000)
+    if rank == 0:
+        _truncate_stats(run / STATS_FILE, step)
+    ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+
+    images = torch.as_tensor(td.images).to(device)
+    labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
+    order = DataOrder(N, B, train.seed)
+    log_kimg = train.log_kimg or max(B, total_steps * B // 100) / 1000
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", file=sys.stderr, dynamic_ncols=True)
+
+    def checkpoint(snapshot: bool) -> None:
+        bad = [n for n, p in net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise RunError(f"weights became non-finite ({bad[0]}) at step {step}; the last good state is kept in "
+                           f"{state_path}; lower --lr or enable --grad-clip")
+        if rank == 0:
+            if snapshot:
+                save_denoiser(run / SNAPSHOT_DIR / snapshot_name(nimg / 1000), ema, model, kimg=nimg / 1000, step=step)
+            save_state(state_path, net, ema, opt, step=step, nimg=nimg, config_hash=ident)
+        dist.barrier()
+
+    log_loss, log_steps, t_log, nimg_log = 0.0, 0, time.perf_counter(), nimg
+    while step < total_steps:
+        # σ, noise and the batch of this step: all from (seed, step), for the global batch
+        idx = torch.as_tensor(order.indices(step)[rank * per_rank:(rank + 1) * per_rank], device=device)
+        g = torch.Generator(device=device).manual_seed(derive_seed(train.seed, _NOISE, step))
+        u = torch.rand(B, generator=g, device=device, dtype=torch.float64)
+        z = torch.randn(B, generator=g, device=device, dtype=torch.float64)
+        noise = torch.randn((B, *td.images.shape[1:]), generator=g, device=device)
+        sl = slice(rank * per_rank, (rank + 1) * per_rank)
+        sigma, noise = sample_sigma(model, train, u[sl], z[sl]), noise[sl]
+        torch.manual_seed(derive_seed(train.seed, _DROPOUT, step, rank))
+        # linear lr warm-up over warmup_kimg
+        warm = train.warmup_kimg * 1000
+        lr = train.lr * (min(1.0, (nimg + B) / warm) if warm > 0 else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=device)
+        for k in range(0, per_rank, micro):
+            j = idx[k:k + micro]
+            y = to_model_scale(images[j])
+            lab = labels[j] if labels is not None else None
+            sync = k + micro >= per_rank
+            with ddp.no_sync() if distributed and not sync else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
+                    loss = per_sample_loss(ddp, y, sigma[k:k + micro], noise[k:k + micro], lab, model)
+                loss = loss.sum() / per_rank
+                loss.backward()
+            loss_sum += loss.detach()
+        loss_value = float(dist.mean(loss_sum))
+        if not math.isfinite(loss_value):
+            raise RunError(f"loss is {loss_value} at step {step} ({nimg / 1000:.3f} kimg); stopped, the last good "
+                           f"state is kept in {state_path}; lower --lr or enable --grad-clip")
+        if train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), train.grad_clip)
+        opt.step()
+        step += 1
+        nimg += B
+        update_ema(ema, net, ema_beta(train, nimg, B))
+        log_loss, log_steps = log_loss + loss_value, log_steps + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", kimg=f"{nimg / 1000:.1f}", refresh=False)
+
+        last = step == total_steps
+        if rank == 0 and (_crossed(nimg, B, log_kimg) or last):
+            dt = time.perf_counter() - t_log
+            rec = {"step": step, "kimg": nimg / 1000, "epoch": nimg / N, "loss": log_loss / log_steps, "lr": lr,
+                   "images_per_s": (nimg - nimg_log) / max(dt, 1e-9), "sec_per_kimg": dt * 1000 / (nimg - nimg_log),
+                   "time": time.time()}
+            with open(run / STATS_FILE, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            log_loss, log_steps, t_log, nimg_log = 0.0, 0, time.perf_counter(), nimg
+        snap = _crossed(nimg, B, train.snapshot_kimg) or (last and train.snapshot_kimg is not None)
+        if snap or _crossed(nimg, B, state_kimg) or last:
+            checkpoint(snap)
+        if stop_after_steps is not None and step >= stop_after_steps and not last:
+            checkpoint(False)
+            if bar is not None:
+                bar.close()
+            return run
+
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        save_denoiser(run / FINAL_FILE, ema, model, kimg=nimg / 1000, step=step)
+        artefacts.write_manifest(run, "run", resolved, status="complete", run_identity=ident,
+                                 steps=step, kimg=nimg / 1000, epochs=nimg / N)
+    dist.barrier()
+    return run
+

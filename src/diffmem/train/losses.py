@@ -1,0 +1,53 @@
+"""Training losses of VP, VE and EDM (Karras et al. 2022, Table 1): σ distribution and weight λ(σ).
+
+Each loss is E_{σ, y, n} λ(σ) ‖D(y + σn; σ) − y‖², averaged here over pixels (so numbers are
+comparable across resolutions) and summed over the batch by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffmem.config import ModelConfig, TrainConfig
+from diffmem.nn.precond import vp_sigma
+
+
+def sample_sigma(model: ModelConfig, train: TrainConfig, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Training σ from uniform draws ``u`` ~ U(0, 1) and normal draws ``z`` ~ N(0, 1) (float64).
+
+    EDM: ln σ ~ N(P_mean, P_std²); VP: σ = σ(t), t ~ U(ε_t, 1); VE: ln σ ~ U(ln σ_min, ln σ_max).
+    """
+    if model.precond == "edm":
+        return torch.exp(train.P_mean + train.P_std * z)
+    if model.precond == "vp":
+        t = model.vp_epsilon_t + (1 - model.vp_epsilon_t) * u
+        return vp_sigma(t, model.vp_beta_d, model.vp_beta_min)
+    if model.precond == "ve":
+        lo, hi = math.log(model.ve_sigma_min), math.log(model.ve_sigma_max)
+        return torch.exp(lo + (hi - lo) * u)
+    raise ValueError(f"precond {model.precond!r}")
+
+
+def loss_weight(model: ModelConfig, sigma: torch.Tensor) -> torch.Tensor:
+    """λ(σ): EDM (σ² + σ_d²)/(σ σ_d)²; VP and VE 1/σ²."""
+    if model.precond == "edm":
+        sd = model.sigma_data
+        return (sigma**2 + sd**2) / (sigma * sd) ** 2
+    return 1 / sigma**2
+
+
+def per_sample_loss(
+    denoiser: torch.nn.Module,
+    y: torch.Tensor,  # clean images, model scale, N×C×H×W
+    sigma: torch.Tensor,  # float64 (N,)
+    n: torch.Tensor,  # unit normal noise shaped like y
+    labels: torch.Tensor | None,
+    model: ModelConfig,
+) -> torch.Tensor:
+    """λ(σ)·mean_pixels (D(y + σn; σ) − y)², one value per sample (float32)."""
+    s = sigma.to(y.dtype).reshape(-1, 1, 1, 1)
+    D = denoiser(y + s * n, sigma.to(y.dtype), labels)
+    w = loss_weight(model, sigma).to(torch.float32)
+    return w * (D.float() - y.float()).square().mean(dim=(1, 2, 3))
