@@ -11,8 +11,8 @@ Cases (each runs in its own subprocess, which reports its time and peak resident
 - ``cifar-build-1k``: ``make_dataset`` of 1,000 CIFAR images at 16×16 (box).
 - ``shapes-5000``: render the default shapes source (16×16 and 32×32).
 
-    .venv/bin/python benchmarks/bench_data.py            # all cases (the 50k duplicate search takes minutes)
-    .venv/bin/python benchmarks/bench_data.py --quick    # skips the 50k duplicate search
+    .venv/bin/python benchmarks/bench_data.py            # all cases (the 20k duplicate search takes a minute or more)
+    .venv/bin/python benchmarks/bench_data.py --quick    # skips the 20k duplicate search
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
         pairs = [("cli-digits-64", "python-import-diffmem"), ("cifar-read", "cifar-read-pickle"),
                  ("duplicates-5000", "gemm-floor-5000")]
         if not a.quick:
-            pairs.append(("duplicates-50000", "gemm-floor-50000"))
+            pairs.append(("duplicates-20000", "gemm-floor-20000"))
         singles = ["cifar-build-1k", "shapes-16", "shapes-32"]
         for case, base in pairs:
             r, b = run_case(case, str(tgz)), run_case(base, str(tgz))

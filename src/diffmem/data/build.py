@@ -6,6 +6,11 @@ int64 N (−1 = unlabeled), ``source_ids`` int64 N — each image's index in its
 config, content hashes, the integer ``label_classes`` and the ``duplicates`` report).
 Images are stored in priority order: for one seed, the dataset of size N₁ is the first N₁
 images of the dataset of size N₂ > N₁ (see :mod:`diffmem.data.subsets`).
+
+``--classes C`` keeps the first C classes (label values 0..C−1 of the source, whose labels are
+numbered in sorted order of its own class ids). With ``--mix``, when both sources are labeled the
+classes are matched by that index (class c of the mix fills class c) and the mix images are
+downsampled to the target resolution; when either is unlabeled the two are pooled.
 """
 
 from __future__ import annotations
