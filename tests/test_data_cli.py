@@ -33,6 +33,11 @@ def test_round_trip_and_reuse(tmp_path):
     assert build_dataset(cfg, out) == out and (out / "dataset.npz").stat().st_mtime_ns == before  # reused
     with pytest.raises(UsageError, match="another config"):
         build_dataset(DataConfig(size=41), out)
+    from diffmem.artefacts import write_manifest
+
+    write_manifest(tmp_path / "half", "dataset", cfg, status="running")
+    with pytest.raises(UsageError, match="expected a complete dataset artefact"):
+        load_dataset(tmp_path / "half")
     # a bare .npz (no manifest): label_classes from the labels
     s2, k2 = load_dataset(out / "dataset.npz")
     assert k2 == int(s.labels.max()) + 1 and np.array_equal(s2.images, s.images)
@@ -49,6 +54,16 @@ def test_cifar_zip_and_folder_through_the_builder(tmp_path):
     z = make_dataset(DataConfig(source=f"zip:{tmp_path / 'a.zip'}", size=6, labels="true", resolution=4,
                                 resample="lanczos"))
     assert z.images.shape == (6, 1, 4, 4) and np.bincount(z.labels).tolist() == [2, 2, 2]
+    from PIL import Image
+
+    for i in range(6):
+        (tmp_path / "tree" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(imgs[i, 0]).save(tmp_path / "tree" / f"c{i % 2}" / f"{i}.png")
+    f = make_dataset(DataConfig(source=f"folder:{tmp_path / 'tree'}", size=4, labels="true"))
+    assert np.bincount(f.labels).tolist() == [2, 2] and f.info["class_names"] == ["c0", "c1"]
+    src_of = {0: [0, 2, 4], 1: [1, 3, 5]}  # folder order: c0/0, c0/2, c0/4, c1/1, c1/3, c1/5
+    for img, lab, sid in zip(f.images, f.labels, f.source_ids):
+        assert np.array_equal(img[0], imgs[src_of[lab][sid - 3 * lab], 0])
 
 
 def run_cli(args, capsys):
