@@ -16,6 +16,16 @@ from diffmem.config import SampleConfig
 from diffmem.errors import UsageError
 from diffmem.sample import SeedNoise, edm_sigmas, euler, generate, heun, sample_seeds, schedule_for
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids thread hand-off costs on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 MU = np.array([0.5, -1.0, 2.0, 0.0])
 LAMBDA = np.array([0.05, 0.3, 1.0, 2.5])  # eigenvalues of Σ
 
@@ -74,6 +84,16 @@ def test_schedule_respects_denoiser_sigma_range():
     assert float(s[0]) == pytest.approx(10.0, rel=1e-14) and float(s[-2]) == pytest.approx(0.02, rel=1e-14)
     with pytest.raises(UsageError, match="supported range"):
         heun(GaussianDenoiser(sigma_max=10.0), torch.zeros(1, 1, 2, 2), edm_sigmas(5))
+
+
+def test_churn_stays_inside_the_denoiser_sigma_range():
+    D = GaussianDenoiser(sigma_max=10.0)
+    noise = SeedNoise(np.arange(3))
+    heun(D, torch.zeros(3, 1, 2, 2), schedule_for(D, 8, 0.002, 80.0, 7.0), randn_like=noise.randn_like,
+         S_churn=100.0)
+    assert max(D.calls) == pytest.approx(10.0, rel=1e-12)  # t̂ = (1 + γ)σ₀ would be 14.1
+    sigma_1 = float(schedule_for(D, 8, 0.002, 80.0, 7.0)[1])
+    assert sorted(D.calls)[-2] == pytest.approx(math.sqrt(2) * sigma_1, rel=1e-12)  # step 1 churned up by γ = √2 − 1
 
 
 def _max_error(solver, steps: int, x_T: np.ndarray) -> float:

@@ -4,9 +4,19 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from diffmem.cli import main
 from diffmem.io import load_npz
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids thread hand-off costs on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +71,6 @@ def test_sample_optimal_of_a_labelled_dataset_is_conditional(tmp_path, capsys):
 def test_sample_run_checkpoint_is_batch_invariant(tmp_path):
     ckpt = pytest.importorskip("diffmem.train.checkpoints", reason="needs the training package's checkpoints")
     nn = pytest.importorskip("diffmem.nn", reason="needs the model package")
-    import torch
-
     from diffmem.config import MODEL_PRESETS
 
     cfg = MODEL_PRESETS["digits"]

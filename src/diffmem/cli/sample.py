@@ -46,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--solver", choices=("heun", "euler"), default=d.solver, help=f"ODE solver (default {d.solver})")
     g.add_argument("--steps", type=int, default=d.steps, help=f"noise levels (default {d.steps}; Heun evaluates "
                                                               "the denoiser 2·steps−1 times)")
-    g.add_argument("--sigma-min", type=float, default=d.sigma_min, help=f"(default {d.sigma_min})")
-    g.add_argument("--sigma-max", type=float, default=d.sigma_max, help=f"(default {d.sigma_max})")
+    g.add_argument("--sigma-min", type=float, default=d.sigma_min,
+                   help=f"smallest noise level σ_min (default {d.sigma_min})")
+    g.add_argument("--sigma-max", type=float, default=d.sigma_max,
+                   help=f"largest noise level σ_max (default {d.sigma_max:g})")
     g.add_argument("--rho", type=float, default=d.rho, help=f"schedule exponent ρ (default {d.rho})")
     g.add_argument("--churn", type=float, default=d.S_churn, help="stochastic churn S_churn (default 0: ODE)")
     g.add_argument("--s-min", type=float, default=d.S_min, help=f"churn only for σ ≥ S_min (default {d.S_min})")
