@@ -80,7 +80,7 @@ def sample_seeds(
     device = _denoiser_device(denoiser, cfg.device)
     noise = SeedNoise(seeds)
     sigmas = schedule_for(denoiser, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    # the initial state x_0 ~ N(0, σ_0² I) at the schedule's first level
+    # EDM Alg. 2 line 1: the initial state x ~ N(0, σ_0² I) at the schedule's first level
     x = noise.randn(shape, device=device) * float(sigmas[0])
     label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
     if label_dim > 0:
@@ -129,6 +129,9 @@ def generate(
             labels = labels.expand(n)
         if labels.shape[0] != n:
             raise UsageError(f"labels: {labels.shape[0]} labels for {n} samples; expected one per sample or one")
+        if int(labels.min()) < 0 or int(labels.max()) >= label_dim:
+            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
+                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
     elif labels is not None:
         log.info("labels ignored: the denoiser is unconditional (label_dim=0)")
         labels = None
