@@ -52,6 +52,8 @@ class OptimalDenoiser(torch.nn.Module):
             raise UsageError(f"dtype: {dtype} is not valid; expected torch.float64 or torch.float32")
         if block_size is not None and block_size < 1:
             raise UsageError(f"block_size: {block_size!r} is not valid; expected an integer >= 1 or None")
+        if isinstance(label_dim, bool) or not isinstance(label_dim, (int, np.integer)) or label_dim < 0:
+            raise UsageError(f"label_dim: {label_dim!r} is not valid; expected an integer >= 0 (0 = unconditional)")
         if not memory_mb > 0:
             raise UsageError(f"memory_mb: {memory_mb!r} is not valid; expected a number > 0")
         n = u.shape[0]
@@ -96,6 +98,7 @@ class OptimalDenoiser(torch.nn.Module):
             half_sq[j:j + step] = 0.5 * (y64 * y64).sum(1)
         self.register_buffer("Y", Y, persistent=False)
         self.register_buffer("half_sq", half_sq, persistent=False)
+        log.debug("optimum of %d training images, %d classes, %s on %s", n, self.label_dim, dtype, device)
 
     def extra_repr(self) -> str:
         return (f"n_train={self.n_train}, shape=({self.in_channels}, {self.resolution}, {self.resolution}), "
