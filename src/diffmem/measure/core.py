@@ -8,7 +8,7 @@ memorized fraction, reported with a Wilson confidence interval.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ class Measurement:
     d2: np.ndarray  # float64 n: ‖x − NN₂‖₂ (> 0)
     ratio: np.ndarray  # float64 n: d₁ / d₂
     memorized: np.ndarray  # bool n: ratio < threshold
-    nn1_copies: np.ndarray = field(default=None)  # int64 n: identical copies of NN₁ in the training set
+    nn1_copies: np.ndarray  # int64 n: identical copies of NN₁ in the training set
 
     def table(self) -> dict[str, np.ndarray]:
         """The per-sample table as named arrays."""
@@ -60,9 +60,12 @@ def _matching_dtypes(q: np.ndarray, index: TrainIndex) -> tuple[np.ndarray, Trai
     """uint8 against uint8 stays integer-exact; any float involvement compares in a common float dtype."""
     if q.dtype == index.vectors.dtype:
         return q, index
-    if index.vectors.dtype == np.uint8 or q.dtype == np.float64:
-        raise UsageError(f"samples are {q.dtype} vectors but training vectors are {index.vectors.dtype}; "
+    if index.vectors.dtype == np.uint8 or q.dtype == np.uint8:
+        raise UsageError(f"--samples: {q.dtype} vectors but --train holds {index.vectors.dtype} vectors; "
                          "expected both uint8 pixels or both float features")
+    if q.dtype == np.float64:  # float64 samples against a float32 training index: no silent rounding
+        raise UsageError("--samples: float64 vectors but --train holds float32 vectors; expected the same "
+                         "float dtype (cast one of them)")
     return q.astype(index.vectors.dtype), index
 
 

@@ -22,15 +22,19 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1.0 - n * u)
 
 
-def score_error_bound(q_norm: np.ndarray, max_norm: float, dim: int) -> np.ndarray:
+def score_error_bound(q_norm: np.ndarray, max_norm: float, dim: int, float32_norms: bool = False) -> np.ndarray:
     """Bound E on |ŝ − s| for float32 scores of the search.
 
-    Covers s = ‖b‖² − 2a·b (torch backend) and ‖a‖² + ‖b‖² − 2a·b (FAISS), with inputs rounded to
-    float32 and any summation order: |fl(a·b) − a·b| ≤ γ_{D+2}‖a‖‖b‖, plus one rounding of each
-    norm and of the result; doubled for margin.
+    Covers s = ‖b‖² − 2a·b (torch backend, norms exact in float64 then rounded once) and
+    ‖a‖² + ‖b‖² − 2a·b (FAISS, norms summed in float32: ``float32_norms``), with inputs rounded to
+    float32 and any summation order: |fl(a·b) − a·b| ≤ γ_{D+2}‖a‖‖b‖ (Cauchy–Schwarz on |a|, |b|),
+    plus one rounding of each norm and of the result; doubled for margin.
     """
     a, m = q_norm.astype(np.float64), float(max_norm)
-    return 4.0 * gamma(dim + 2) * a * m + 4.0 * U32 * (m * m + 2.0 * a * m + a * a)
+    E = 4.0 * gamma(dim + 2) * a * m + 4.0 * U32 * (m * m + 2.0 * a * m + a * a)
+    if float32_norms:
+        E = E + 2.0 * gamma(dim) * (a * a + m * m)
+    return E
 
 
 def exact_sq_dist(queries: np.ndarray, qi: np.ndarray, train: np.ndarray, ti: np.ndarray) -> np.ndarray:
@@ -65,6 +69,7 @@ def rerank(
     cand_score: np.ndarray,  # n×k their float32 scores (any constant per-query offset)
     offset: np.ndarray,  # n: add to a score to get a squared distance (‖a‖² or 0)
     q_sq_norms: np.ndarray,  # n: exact ‖a‖²
+    float32_norms: bool = False,  # the scores' norms were summed in float32 (FAISS)
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact NN₁/NN₂ among the candidates, and a mask of queries whose answer is certified.
 
@@ -74,7 +79,7 @@ def rerank(
     """
     n, k = cand_ids.shape
     score = cand_score.astype(np.float64) + offset[:, None]
-    E = score_error_bound(np.sqrt(q_sq_norms), index.max_norm, index.dim)
+    E = score_error_bound(np.sqrt(q_sq_norms), index.max_norm, index.dim, float32_norms)
     second = np.sort(score, axis=1)[:, 1]
     need = score <= (second + 2.0 * E)[:, None]
     qi, ci = np.nonzero(need)

@@ -209,7 +209,7 @@ def search(
         offset = np.zeros_like(q_sq)
     else:
         raise UsageError(f"--backend: {backend!r} is not valid; expected torch or faiss")
-    ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq)
+    ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq, backend == "faiss")
     todo = np.flatnonzero(~certified)
     if todo.size:
         log.info("%d of %d queries not certified by the float32 bound; widening their exact re-rank",
