@@ -87,7 +87,10 @@ def test_near_ties_and_exact_ties_resolved_exactly(rng):
     assert_matches_reference(m, q, train)
 
 
-def test_many_near_equidistant_rows_need_the_widened_rerank(rng):
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_many_near_equidistant_rows_need_the_widened_rerank(rng, backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
     d = 3 * 32 * 32
     base = rng.integers(60, 200, size=(1, d)).astype(np.int64)
     train = np.repeat(base, 60, axis=0)
@@ -95,7 +98,7 @@ def test_many_near_equidistant_rows_need_the_widened_rerank(rng):
         train[i, rng.choice(d, 50, replace=False)] += 1 + (i % 2)
     train = train.astype(np.uint8)
     samples = base.astype(np.uint8)
-    m = measure(samples, train, MeasureConfig(candidates=3))
+    m = measure(samples, train, MeasureConfig(candidates=3, backend=backend))
     assert m.summary["n_fallback"] == 1  # the float32 bound cannot certify three candidates here
     assert_matches_reference(m, samples, train)
 

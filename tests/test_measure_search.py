@@ -1,5 +1,7 @@
 """The search: blocked, streamed, FAISS, feature-vector and one-shot results are identical; the bound holds."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,19 @@ def test_score_error_bound_covers_float32_errors(rng):
     assert bound.max() < 1e-3 * index.sq_norms.max()  # and it is tight enough to certify most queries
 
 
+def test_faiss_distances_within_bound(rng):
+    pytest.importorskip("faiss")
+    train = rng.integers(0, 256, size=(512, 3072), dtype=np.uint8)
+    q = rng.integers(0, 256, size=(64, 3072), dtype=np.uint8)
+    index = prepare_train(train)
+    ids, d = knn.faiss_candidates(q, index, 512)
+    dots = q.astype(np.float64) @ train.astype(np.float64).T
+    exact = sq_norms(q)[:, None] + index.sq_norms[ids] - 2.0 * np.take_along_axis(dots, ids, 1)
+    err = np.abs(d.astype(np.float64) - exact).max(axis=1)
+    bound = score_error_bound(np.sqrt(sq_norms(q)), index.max_norm, 3072, float32_norms=True)
+    assert (err <= bound).all() and err.max() > 0
+
+
 def test_search_returns_canonical_ids_and_exact_squared_distances(data):
     samples, train = data
     index = prepare_train(train)
@@ -99,3 +114,12 @@ def test_search_returns_canonical_ids_and_exact_squared_distances(data):
     assert nn.ids.shape == (len(samples), 2) and nn.sq_dist.dtype == np.float64
     assert np.isin(nn.ids, index.unique_ids).all()
     np.testing.assert_array_equal(nn.sq_dist, np.round(nn.sq_dist))  # integers for uint8 pixels
+
+
+def test_missing_faiss_is_a_clear_usage_error(data, monkeypatch):
+    from diffmem.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    samples, train = data
+    with pytest.raises(UsageError, match=r"--backend: 'faiss' needs the faiss package"):
+        measure(samples, train, MeasureConfig(backend="faiss"))
