@@ -114,3 +114,11 @@ def test_image_folder_input(tmp_path, rng, capsys):
     assert main(["measure", "--samples", str(tmp_path / "gen"), "--train", str(tmp_path / "train.npz"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert (d["n_samples"], d["n_memorized"]) == (2, 2) and d["warning"].startswith("only 2 samples")
+
+
+def test_feature_measurement_writes_no_grid(tmp_path, rng):
+    feats = rng.normal(size=(50, 16))
+    m = measure(feats[:10] + 1e-3, feats)
+    out = write_measurement(m, tmp_path / "f", samples=feats[:10], train=feats)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "ratios.png", "summary.json", "table.npz"]
+    np.testing.assert_array_equal(np.load(out / "table.npz")["nn1"], np.arange(10))

@@ -28,7 +28,7 @@ def write_measurement(
     m: Measurement,
     out_dir: str | os.PathLike,
     *,
-    samples: ImageSet | np.ndarray | None = None,  # images for the grid figure (skipped when None)
+    samples: ImageSet | np.ndarray | None = None,  # images for the grid figure (skipped when None or vectors)
     train: ImageSet | np.ndarray | None = None,  # training images for the grid figure
     inputs: dict[str, Any] | None = None,  # recorded in summary.json and the manifest (e.g. paths)
     cfg: MeasureConfig | None = None,  # the configuration recorded in the manifest
@@ -42,8 +42,8 @@ def write_measurement(
         atomic_save_npz(tmp / TABLE, **m.table())
         plot_histogram(m, tmp / HISTOGRAM)
         files = [SUMMARY, TABLE, HISTOGRAM]
-        if samples is not None and train is not None:
-            plot_grid(m, _images(samples), _images(train), tmp / GRID)
+        if samples is not None and train is not None and _images(samples).ndim >= 3 and _images(train).ndim >= 3:
+            plot_grid(m, _images(samples), _images(train), tmp / GRID)  # images only, not feature vectors
             files.append(GRID)
         cfg = cfg or MeasureConfig(threshold=m.summary["threshold"], backend=m.summary["backend"],
                                    candidates=m.summary["candidates"])
