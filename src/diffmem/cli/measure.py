@@ -9,6 +9,7 @@ from pathlib import Path
 
 from diffmem.cli.common import parse_fraction, print_json
 from diffmem.config import MeasureConfig
+from diffmem.devices import resolve_device
 from diffmem.errors import UsageError
 
 HELP = "memorization ratio of generated samples against a training set (exact NN₁/NN₂, Wilson interval)"
@@ -46,6 +47,7 @@ def _config(args: argparse.Namespace) -> MeasureConfig:
                               candidates=args.candidates, confidence=args.confidence)
     if cfg.memory_mb < 16:
         raise UsageError(f"--memory-mb: {cfg.memory_mb} is too small; expected at least 16")
+    resolve_device(cfg.device)  # refuse an unavailable device before loading anything
     return cfg
 
 
@@ -65,6 +67,13 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _load(load_images, path: str, option: str):
+    try:
+        return load_images(path)
+    except UsageError as e:
+        raise UsageError(f"{option}: {e}") from e
+
+
 def run(args: argparse.Namespace) -> int:
     from diffmem.io import load_images
     from diffmem.measure import measure, write_measurement
@@ -73,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
-    samples = load_images(args.samples)
-    train = load_images(args.train)
+    samples = _load(load_images, args.samples, "--samples")
+    train = _load(load_images, args.train, "--train")
     m = measure(samples, train, cfg, progress=True)
     summary = dict(m.summary)
     if out is not None:
