@@ -61,10 +61,11 @@ def fmt_size(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
-def print_result(res, out: Path, file=sys.stdout) -> None:
+def print_result(res, out: Path, file=None) -> None:
     """The human-readable result: every number says what it is."""
     from diffmem.sweep.search import grid_measurements
 
+    file = file or sys.stdout
     cfg, e, t = res.config, res.estimate, res.threshold
     lo, hi = e.bracket
     w = file.write
