@@ -64,7 +64,7 @@ class Denoiser(nn.Module):
         else:
             labels = None  # an unconditional model ignores labels
         c_skip, c_out, c_in, c_noise = (c.to(x.dtype) for c in self.coefficients(sigma.reshape(-1, 1, 1, 1)))
-        wdtype = self.backbone.conv_in.weight.dtype
+        wdtype = next(self.backbone.parameters()).dtype
         F_x = self.backbone((c_in * x).to(wdtype), c_noise.reshape(n).to(wdtype), labels)
         # Eq. 7: D(x; σ) = c_skip x + c_out F(c_in x; c_noise)
         return c_skip * x + c_out * F_x.to(x.dtype)

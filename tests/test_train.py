@@ -1,0 +1,215 @@
+"""The training loop: loss decreases, snapshots round-trip, resume is bit-identical, bad states refused."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffmem.config import ModelConfig, TrainConfig
+from diffmem.errors import RunError, UsageError
+from diffmem.io import ImageSet, save_image_set
+from diffmem.nn import build_denoiser
+from diffmem.train import list_snapshots, load_denoiser, train
+from diffmem.train.checkpoints import save_denoiser
+from diffmem.train.dataset import DataOrder, load_training_data
+from diffmem.train.ema import ema_beta
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+MODEL = ModelConfig(channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm")
+TRAIN = TrainConfig(kimg=0.048, batch=8, lr=2e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
+                    snapshot_kimg=0.016, log_kimg=0.008, device="cpu")
+
+
+def _digits_like(n: int, labels: bool = False, seed: int = 0) -> ImageSet:
+    """n distinct 8×8 blob images (a digits stand-in)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:8, :8]
+    imgs = []
+    for _ in range(n):
+        cy, cx, r = rng.uniform(2, 6), rng.uniform(2, 6), rng.uniform(1.2, 3)
+        imgs.append(255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2))
+    images = np.asarray(imgs)[:, None].round().astype(np.uint8)
+    return ImageSet(images=images, labels=(np.arange(n) % 3).astype(np.int64) if labels else None)
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "d16.npz"
+    save_image_set(p, _digits_like(16))
+    return p
+
+
+def _tensors(path):
+    return load_file(str(path))
+
+
+def _assert_same_tensors(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_loss_finite_and_decreasing(data16, tmp_path):
+    t = dataclasses.replace(TRAIN, kimg=0.96, batch=16, log_kimg=0.016, snapshot_kimg=None, lr=3e-3)
+    run = train(data16, tmp_path / "run", MODEL, t)
+    losses = [json.loads(x)["loss"] for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert len(losses) == 60 and all(np.isfinite(losses))
+    assert np.mean(losses[-15:]) < 0.75 * np.mean(losses[:15])
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(data16, tmp_path):
+    # dropout, gradient accumulation, batches spanning epochs (batch 24 > 16 images), EMA by half-life
+    m = dataclasses.replace(MODEL, dropout=0.2)
+    t = dataclasses.replace(TRAIN, kimg=0.144, batch=24, batch_per_device=8, ema_decay=None,
+                            ema_halflife_kimg=0.05, ema_rampup_ratio=0.5, snapshot_kimg=0.048, warmup_kimg=0.05)
+    whole = train(data16, tmp_path / "whole", m, t)
+    part = train(data16, tmp_path / "part", m, t, stop_after_steps=2)
+    assert not (part / "final.safetensors").exists()
+    assert json.loads((part / "manifest.json").read_text())["status"] == "running"
+    train(data16, part, m, t)  # the same call again resumes
+    _assert_same_tensors(_tensors(whole / "final.safetensors"), _tensors(part / "final.safetensors"))
+    _assert_same_tensors(_tensors(whole / "state.safetensors"), _tensors(part / "state.safetensors"))
+    assert [k for k, _ in list_snapshots(part)] == [0.048, 0.096, 0.144]
+    lines = lambda r: [json.loads(x)["loss"] for x in (r / "stats.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lines(whole) == lines(part)
+
+
+@pytest.mark.slow
+def test_run_dir_layout_reuse_and_refusals(data16, tmp_path):
+    run = train(data16, tmp_path / "run", MODEL, TRAIN)
+    assert {p.name for p in run.iterdir()} >= {"manifest.json", "config.json", "stats.jsonl", "checkpoints",
+                                               "final.safetensors", "state.safetensors"}
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["resolution"] == 8 and cfg["model"]["in_channels"] == 1 and cfg["model"]["label_dim"] == 0
+    assert [k for k, _ in list_snapshots(run)] == [0.016, 0.032, 0.048]
+    before = (run / "final.safetensors").stat().st_mtime_ns
+    train(data16, run, MODEL, TRAIN)  # complete: reused, not redone
+    assert (run / "final.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(UsageError, match=r"different config \(train.lr: 0.002 there vs 0.001 now\)"):
+        train(data16, run, MODEL, dataclasses.replace(TRAIN, lr=1e-3))
+    # a snapshot rebuilds its model alone; the nearest snapshot is chosen by kimg
+    D, mcfg = load_denoiser(run, snapshot_kimg=0.03)
+    assert mcfg.channels == 8 and D.sigma_max == float("inf")
+    D2, _ = load_denoiser(run / "checkpoints" / "snapshot-000000.032.safetensors")
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(D(x, torch.full((4,), 0.7)), D2(x, torch.full((4,), 0.7)))
+
+
+def test_snapshot_round_trip_reproduces_outputs(tmp_path):
+    cfg = dataclasses.replace(MODEL, resolution=8, in_channels=1, label_dim=5, embedding="fourier",
+                              encoder="residual", arch="ncsnpp")
+    D = build_denoiser(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in D.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    save_denoiser(tmp_path / "s.safetensors", D, cfg, kimg=1.0)
+    D2, cfg2 = load_denoiser(tmp_path / "s.safetensors")
+    assert cfg2 == cfg
+    x, s, y = torch.randn(5, 1, 8, 8), torch.tensor([0.01, 0.1, 1.0, 10.0, 80.0]), torch.tensor([0, 1, 2, 3, 4])
+    out = D(x, s, y)
+    assert torch.equal(out, D2(x, s, y)) and out.abs().max() > 0
+
+
+def test_damaged_or_foreign_files_are_refused(tmp_path):
+    cfg = dataclasses.replace(MODEL, resolution=8, in_channels=1)
+    path = tmp_path / "s.safetensors"
+    save_denoiser(path, build_denoiser(cfg), cfg)
+    data = bytearray(path.read_bytes())
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="damaged or not a safetensors file"):
+        load_denoiser(tmp_path / "cut.safetensors")
+    data[-3] ^= 0xFF  # one flipped bit pattern inside the last tensor
+    (tmp_path / "flip.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="SHA-256"):
+        load_denoiser(tmp_path / "flip.safetensors")
+    import pickle
+
+    (tmp_path / "pickled.safetensors").write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(UsageError, match="damaged or not a safetensors file"):
+        load_denoiser(tmp_path / "pickled.safetensors")
+
+
+def test_damaged_state_is_refused_not_restarted(data16, tmp_path):
+    run = train(data16, tmp_path / "run", MODEL, TRAIN, stop_after_steps=1)
+    state = run / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(UsageError, match="state.safetensors: damaged"):
+        train(data16, run, MODEL, TRAIN)
+    assert len(state.read_bytes()) == 100  # left for the user to inspect, never overwritten
+
+
+def test_non_finite_loss_stops_keeping_the_last_good_state(data16, tmp_path, monkeypatch):
+    import diffmem.train.loop as loop
+
+    real = loop.per_sample_loss
+    calls = []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        return out * float("nan") if len(calls) == 4 else out
+
+    monkeypatch.setattr(loop, "per_sample_loss", poisoned)
+    t = dataclasses.replace(TRAIN, state_kimg=0.008)
+    with pytest.raises(RunError, match=r"loss is nan at step 3 \(0.024 kimg\).*last good state"):
+        train(data16, tmp_path / "run", MODEL, t)
+    meta_step = json.loads(_meta(tmp_path / "run" / "state.safetensors")["step"])
+    assert meta_step == 3 and not (tmp_path / "run" / "final.safetensors").exists()
+
+
+def _meta(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_data_order_is_an_epoch_permutation_from_the_seed():
+    o = DataOrder(n=10, batch=4, seed=7)
+    stream = np.concatenate([o.indices(s) for s in range(5)])  # 20 positions = 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert not np.array_equal(stream[:10], stream[10:])  # reshuffled each epoch
+    assert np.array_equal(DataOrder(10, 4, 7).indices(3), o.indices(3))  # stateless: step → indices
+    assert not np.array_equal(DataOrder(10, 10, 8).indices(0), DataOrder(10, 10, 7).indices(0))
+
+
+def test_ema_beta_closed_forms():
+    assert ema_beta(TrainConfig(ema_decay=0.999), 10_000, 128) == 0.999
+    t = TrainConfig(ema_decay=None, ema_halflife_kimg=500.0, ema_rampup_ratio=0.05)
+    assert ema_beta(t, 1_000_000, 512) == pytest.approx(0.5 ** (512 / 50_000))  # ramp-up: 0.05 × 1M
+    assert ema_beta(t, 100_000_000, 512) == pytest.approx(0.5 ** (512 / 500_000))  # full half-life
+    assert ema_beta(TrainConfig(ema_decay=None, ema_halflife_kimg=None), 1, 1) == 0.0
+
+
+def test_labels_from_the_data(tmp_path):
+    save_image_set(tmp_path / "l.npz", _digits_like(6, labels=True))
+    td = load_training_data(tmp_path / "l.npz")
+    assert td.label_dim == 3 and td.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    save_image_set(tmp_path / "u.npz", ImageSet(images=_digits_like(6).images, labels=np.full(6, -1)))
+    assert load_training_data(tmp_path / "u.npz").label_dim == 0
+
+
+def test_bad_training_options_are_refused(data16, tmp_path):
+    with pytest.raises(UsageError, match="--kimg/--epochs"):
+        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, epochs=3.0))
+    with pytest.raises(UsageError, match="--batch-per-device: 3"):
+        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, batch_per_device=3))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(UsageError, match="not a diffmem run"):
+        train(data16, tmp_path / "other", MODEL, TRAIN)
