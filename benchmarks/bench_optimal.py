@@ -56,7 +56,7 @@ def child(case: str, method: str, out: Path) -> None:
     from diffmem.config import SampleConfig
     from diffmem.sample import OptimalDenoiser, sample_seeds
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", THREADS)))
     c = CASES[case]
     dtype = getattr(torch, c["dtype"])
     images = training_set(c["data"], c["n_train"])
@@ -67,9 +67,9 @@ def child(case: str, method: str, out: Path) -> None:
         D = DenseOptimal(images, dtype)
     setup_s = time.perf_counter() - t0
     rss_before = _rss_mb()
-    times = []
+    times, cpu_times = [], []
     for _ in range(REPEATS):  # best of REPEATS (the first run also pays for fresh memory pages)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             if c["mode"] == "sample":  # full Heun sampling, 18 steps = 35 evaluations
                 x, _ = sample_seeds(D, np.arange(c["n"]), SampleConfig())
@@ -78,10 +78,12 @@ def child(case: str, method: str, out: Path) -> None:
                 y = torch.as_tensor(images[:c["n"]]).to(torch.float64) / 127.5 - 1
                 x = D(y + 2.0 * torch.randn(y.shape, generator=g, dtype=torch.float64), torch.tensor(2.0))
         times.append(time.perf_counter() - t0)
-    seconds = min(times)
+        cpu_times.append(time.process_time() - c0)
+    seconds, cpu_seconds = min(times), min(cpu_times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(out / f"{method}.npy", x.numpy())
-    print(json.dumps({"seconds": seconds, "setup_s": setup_s, "peak_mb": peak_mb, "rss_before_mb": rss_before}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "setup_s": setup_s, "peak_mb": peak_mb,
+                      "rss_before_mb": rss_before}))
 
 
 class DenseOptimal:
@@ -105,10 +107,10 @@ class DenseOptimal:
         return (w @ self.Y).reshape(x.shape).to(x.dtype)
 
 
-def run_case(case: str, tmp: Path) -> dict:
+def run_case(case: str, tmp: Path, threads: int) -> dict:
     rows = {}
     for method in ("dense", "streaming"):
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         r = subprocess.run([sys.executable, __file__, "--child", case, method, str(tmp)], capture_output=True,
                            text=True, env=env)
         if r.returncode != 0:
@@ -124,6 +126,7 @@ def run_case(case: str, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small cases only")
+    ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads per run (default {THREADS})")
     ap.add_argument("--cases", nargs="*", choices=sorted(CASES), help="run only these cases")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -132,26 +135,28 @@ def main() -> None:
         return
     cases = args.cases or (QUICK if args.quick else tuple(CASES))
     print(f"# bench_optimal: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, {THREADS} torch threads, best of {REPEATS} runs, "
+          f"{os.cpu_count()} cores, {args.threads} torch threads, best of {REPEATS} runs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| case | N_train × dim | samples | timed | dtype | dense s | streaming s | dense / streaming | "
-          "dense peak MB | streaming peak MB | max |Δ| |")
+    print("| case | N_train × dim | samples | timed | dtype | dense s (CPU s) | streaming s (CPU s) | "
+          "dense / streaming, wall (CPU) | dense peak MB | streaming peak MB | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
         c = CASES[case]
         dim = 64 if c["data"] == "digits" else 3072
         with tempfile.TemporaryDirectory() as tmp:
-            r = run_case(case, Path(tmp))
+            r = run_case(case, Path(tmp), args.threads)
         d, s = r["dense"], r["streaming"]
         timed = "Heun 18 steps (35 evals)" if c["mode"] == "sample" else "1 eval at σ=2"
 
         def cell(v, key, fmt):
             return "error: " + v["error"] if "error" in v else format(v[key], fmt)
 
-        ratio = f"{d['seconds'] / s['seconds']:.2f}×" if "error" not in d and "error" not in s else "–"
+        ok = "error" not in d and "error" not in s
+        ratio = f"{d['seconds'] / s['seconds']:.2f}× ({d['cpu_seconds'] / s['cpu_seconds']:.2f}×)" if ok else "–"
         diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "–"
         print(f"| {case} | {c['n_train']:,} × {dim:,} | {c['n']:,} | {timed} | {c['dtype']} | "
-              f"{cell(d, 'seconds', '.2f')} | {cell(s, 'seconds', '.2f')} | {ratio} | "
+              f"{cell(d, 'seconds', '.2f')} ({cell(d, 'cpu_seconds', '.2f')}) | "
+              f"{cell(s, 'seconds', '.2f')} ({cell(s, 'cpu_seconds', '.2f')}) | {ratio} | "
               f"{cell(d, 'peak_mb', ',.0f')} | {cell(s, 'peak_mb', ',.0f')} | {diff} |", flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
