@@ -1,0 +1,63 @@
+"""Reports of EMM and study directories: numbers match the results, figures are real PNGs."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from diffmem.config import EMMConfig, StudyConfig
+from diffmem.errors import UsageError
+from diffmem.report import render_report
+from diffmem.sweep import SyntheticCurve, run_emm
+from diffmem.sweep.study import run_study, value_slug
+
+CFG = EMMConfig(n_samples=1000, size_min=64, size_max=1024, optimal=False)
+
+
+def _png_ok(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+
+
+def test_emm_report(tmp_path):
+    out = tmp_path / "e"
+    with pytest.raises(UsageError, match="not an emm or study directory"):
+        render_report(tmp_path)
+    res = run_emm(CFG, out, synthetic=SyntheticCurve(emm=300.0, noise=False))
+    html = render_report(out)
+    md = (out / "report.md").read_text()
+    s = json.loads((out / "emm.json").read_text())
+    assert f"EMM ≈ **{s['emm']:,.0f}**" in md and f"{s['ci'][0]:,.0f}" in md
+    for p in res.points:  # every measured size is in the table with its ratio
+        assert f"| {p.size:,} | {p.ratio:.3f} |" in md
+    for name in ("ratio_vs_size.png", "ratio_vs_progress.png"):
+        assert f"figures/{name}" in md and f"figures/{name}" in html.read_text()
+        _png_ok(out / "figures" / name)
+    assert f"diffmem emm --config {out}/config.json --out {out}" in md
+    assert json.loads(md.split("## Resolved configuration\n\n```\n")[1].split("\n```")[0]) == \
+        json.loads((out / "config.json").read_text())
+    text = html.read_text()
+    assert text.startswith("<!doctype html>") and text.count("<table>") == 1 and "<b>" in text
+
+
+def test_unfinished_directory_is_refused(tmp_path):
+    out = tmp_path / "e"
+    with pytest.raises(KeyboardInterrupt):
+        run_emm(CFG, out, synthetic=SyntheticCurve(), on_job=lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(UsageError, match="unfinished emm"):
+        render_report(out)
+
+
+def test_study_report(tmp_path):
+    cfg = StudyConfig(base=CFG, factors={"model.channels": (16, 32)}, name="width")
+    curves = {value_slug({"model.channels": c}): SyntheticCurve(emm=e, noise=False) for c, e in ((16, 100.0),
+                                                                                              (32, 400.0))}
+    res = run_study(cfg, tmp_path / "st", synthetic=curves)
+    render_report(tmp_path / "st")
+    md = (tmp_path / "st" / "report.md").read_text()
+    assert "## model.channels=16" in md and "## model.channels=32" in md
+    for _, r in res.values:
+        assert f"EMM ≈ **{r.estimate.emm:,.0f}**" in md
+    for name in ("ratio_vs_size.png", "emm_vs_factor.png", "v0-ratio_vs_progress.png", "v1-ratio_vs_progress.png"):
+        _png_ok(tmp_path / "st" / "figures" / name)
+    assert "diffmem study --config" in md

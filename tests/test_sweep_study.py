@@ -1,0 +1,60 @@
+"""Studies over factor values (synthetic jobs): expansion, shared jobs, one table with factor columns."""
+
+import csv
+import json
+
+import pytest
+
+from diffmem.config import EMMConfig, StudyConfig, TrainConfig, from_dict
+from diffmem.errors import UsageError
+from diffmem.sweep import SyntheticCurve
+from diffmem.sweep.study import expand, run_study, value_slug
+from diffmem.sweep.table import read_table
+
+BASE = EMMConfig(n_samples=1000, size_min=32, size_max=1024, optimal=False, train=TrainConfig(batch=128, lr=1e-3))
+
+
+def test_expand_products_and_batch_scales_lr():
+    cfg = StudyConfig(base=BASE, factors={"model.channels": (16, 32), "train.batch": (64, 256)})
+    plan = expand(cfg)
+    assert [f for f, _ in plan] == [{"model.channels": c, "train.batch": b} for c in (16, 32) for b in (64, 256)]
+    for f, c in plan:
+        assert c.model.channels == f["model.channels"] and c.train.batch == f["train.batch"]
+        assert c.train.lr == pytest.approx(1e-3 * f["train.batch"] / 128)
+    assert value_slug({"model.skip_mask": (True, False), "data.labels": "random"}) == \
+        "model.skip_mask=true+false,data.labels=random"
+
+
+def test_study_config_from_json_and_errors():
+    d = {"name": "w", "mode": "ratio", "factors": {"data.labels": ["none", "unique"]},
+         "base": {"sizes": [64, 128], "n_samples": 100}}
+    cfg = from_dict(StudyConfig, d)
+    assert cfg.factors == {"data.labels": ("none", "unique")} and cfg.base.sizes == (64, 128)
+    assert [c.data.labels for _, c in expand(cfg)] == ["none", "unique"]
+    with pytest.raises(UsageError, match="base.sizes: mode 'ratio' needs"):
+        expand(StudyConfig(base=BASE, mode="ratio"))
+    with pytest.raises(UsageError, match="unknown key 'chanels'"):
+        expand(StudyConfig(base=BASE, factors={"model.chanels": (1,)}))
+    with pytest.raises(UsageError, match="expected an integer"):
+        expand(StudyConfig(base=BASE, factors={"model.channels": ("wide",)}))
+
+
+def test_study_runs_every_value_and_writes_one_table(tmp_path):
+    cfg = StudyConfig(base=BASE, factors={"model.channels": (16, 32, 64)}, name="width")
+    truth = {16: 90.0, 32: 200.0, 64: 500.0}
+    curves = {value_slug({"model.channels": c}): SyntheticCurve(emm=e, noise=False, seed=c) for c, e in truth.items()}
+    res = run_study(cfg, tmp_path / "st", synthetic=curves)
+    for (f, r), c in zip(res.values, truth):
+        lo, hi = r.estimate.bracket
+        assert f == {"model.channels": c} and lo <= truth[c] < hi and hi / lo <= 1.25
+    s = json.loads((tmp_path / "st" / "study.json").read_text())
+    assert [v["factors"]["model.channels"] for v in s["values"]] == [16, 32, 64]
+    assert s["n_trainings"] == sum(r.n_trainings for _, r in res.values)
+    rows = read_table(tmp_path / "st")
+    assert len(rows) == 3 * s["n_trainings"]  # one row per run × snapshot (3 snapshots each)
+    assert list(rows[0])[0] == "model.channels"
+    with open(tmp_path / "st" / "results.csv") as f:
+        assert sorted({r["model.channels"] for r in csv.DictReader(f)}) == ["16", "32", "64"]
+    again = run_study(cfg, tmp_path / "st", synthetic=curves)
+    assert again.summary()["n_trained_now"] == 0
+    assert read_table(tmp_path / "st") == rows
