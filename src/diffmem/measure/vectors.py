@@ -131,7 +131,7 @@ def prepare_train(x: ImageSet | np.ndarray, what: str = "--train") -> TrainIndex
     n = v.shape[0]
     hashes, norms = _row_hashes_and_norms(v)
     canonical = np.arange(n, dtype=np.int64)
-    uniq, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     if np.any(counts > 1):
         order = np.argsort(inverse, kind="stable")  # rows grouped by hash, ascending index inside
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -139,9 +139,9 @@ def prepare_train(x: ImageSet | np.ndarray, what: str = "--train") -> TrainIndex
             rows = list(order[s:s + c])
             while rows:  # split one hash bucket into classes of truly identical rows
                 head, rest = rows[0], rows[1:]
-                same = [r for r in rest if np.array_equal(v[r], v[head])]
-                canonical[same] = head
-                rows = [r for r in rest if r not in set(same)]
+                equal = [bool(np.array_equal(v[r], v[head])) for r in rest]
+                canonical[[r for r, e in zip(rest, equal) if e]] = head
+                rows = [r for r, e in zip(rest, equal) if not e]
     unique_ids = np.flatnonzero(canonical == np.arange(n))
     group_count = np.bincount(canonical, minlength=n)
     group_size = group_count[canonical].astype(np.int64)
