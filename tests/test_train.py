@@ -213,3 +213,36 @@ def test_bad_training_options_are_refused(data16, tmp_path):
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(UsageError, match="not a diffmem run"):
         train(data16, tmp_path / "other", MODEL, TRAIN)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_is_bit_identical(data16, tmp_path):
+    """`diffmem train` killed (SIGKILL) mid-run, then the same command again: the same bits as one go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--data", str(data16), "--preset", "digits", "--channels", "8", "--batch", "8", "--kimg", "0.32",
+            "--state-kimg", "0.016", "--snapshot-kimg", "0.16", "--dropout", "0.1", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "diffmem", "train", "--out", str(run), *args]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "state.safetensors").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert not (run / "final.safetensors").exists()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    whole = tmp_path / "whole"
+    r = subprocess.run([*cmd[:5], str(whole), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_same_tensors(_tensors(whole / "final.safetensors"), _tensors(run / "final.safetensors"))
+    _assert_same_tensors(_tensors(whole / "state.safetensors"), _tensors(run / "state.safetensors"))
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files left behind
