@@ -168,6 +168,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=3072)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--pairs", type=int, default=1, help="run floor and diffmem this many times in pairs")
     p.add_argument("--cli", action="store_true", help="also time `diffmem measure` on uint8 images")
     p.add_argument("--cli-samples", type=int, default=10_000)
     p.add_argument("--cli-train", type=int, default=50_000)
@@ -189,16 +190,20 @@ def main() -> None:
         print(f"kNN benchmark: {args.n:,} queries × {args.m:,} database × {args.dim:,} float32, "
               f"{args.threads} threads", file=sys.stderr)
         results = {m: run_child(m, args, tmp) for m in methods}
+        for r in range(2, args.pairs + 1):  # floor and diffmem again, back to back: the ratio under drifting load
+            for m in ("floor", "diffmem"):
+                results[f"{m} #{r}"] = run_child(m, args, tmp)
         cli = cli_timing(args, tmp) if args.cli else None
         floor = results.get("floor", {}).get("seconds")
         ref = results.get("diffmem", {})
         rows = ["| method | time (s) | vs floor | peak RSS (MB) | over inputs (MB) | agreement with diffmem |",
                 "|---|---|---|---|---|---|"]
         for m, r in results.items():
-            ratio = f"{r['seconds'] / floor:.2f}×" if floor else "–"
+            base = results.get(m.replace("diffmem", "floor"), {}).get("seconds", floor)
+            ratio = f"{r['seconds'] / base:.2f}×" if base else "–"
             over = r["peak_rss_mb"] - r["base_rss_mb"]
             agree = "(reference)" if m == "diffmem" else agreement(r, ref)
-            if m == "diffmem":
+            if m.startswith("diffmem"):
                 agree += f"; {r.get('n_fallback', 0)} queries widened"
             rows.append(f"| {m} | {r['seconds']:.2f} | {ratio} | {r['peak_rss_mb']:.0f} | {over:.0f} | {agree} |")
     load_after = os.getloadavg()
@@ -208,7 +213,8 @@ def main() -> None:
     lines = [
         f"Inputs: {args.n:,} × {args.dim:,} queries and {args.m:,} × {args.dim:,} database vectors, float32 "
         f"({inputs_mb:.0f} MB), uniform random, seed 0; {args.threads} threads. ",
-        "'over inputs' = peak RSS − RSS once the inputs exist (libraries imported).",
+        "'over inputs' = peak RSS − RSS once the inputs exist (libraries imported). "
+        "'vs floor': time / the floor's time (for 'diffmem #k': / 'floor #k', run just before it).",
         "",
         *rows,
     ]
