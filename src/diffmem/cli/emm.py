@@ -73,7 +73,7 @@ def print_result(res, out: Path, file=None) -> None:
         w(f"EMM ≈ {e.emm:,.0f} training images (ratio crosses {t:.0%}, log-size interpolation); "
           f"95 % interval [{fmt_size(e.ci[0])}, {fmt_size(e.ci[1])}]\n")
     elif e.below_range:
-        w(f"EMM < {lo if lo else fmt_size(hi)}: even the smallest size measured does not memorize ≥ {t:.0%}\n")
+        w(f"EMM < {fmt_size(hi)}: even the smallest size measured does not memorize ≥ {t:.0%}\n")
     elif e.above_range:
         w(f"EMM ≥ {fmt_size(lo)}: even the largest size measured memorizes ≥ {t:.0%}\n")
     w(f"bracket: |D| = {fmt_size(lo)} memorizes, |D| = {fmt_size(hi)} does not (a size memorizes when ≥ {t:.0%} "
