@@ -19,7 +19,7 @@ EXAMPLES = """\
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="a StudyConfig JSON file (see docs/EMM.md)")
+    parser.add_argument("--config", required=True, metavar="FILE", help="a StudyConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
 
 
