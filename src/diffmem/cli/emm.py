@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", metavar="P", help="an EMM preset: digits (embedded default, CPU) or cifar10 (GPU)")
     src.add_argument("--config", metavar="FILE", help="an EMMConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
-    parser.add_argument("--n-samples", type=int, metavar="N", help="generated samples per measurement (overrides the config)")
-    parser.add_argument("--repeats", type=int, metavar="R", help="independent dataset draws and training seeds per size")
+    parser.add_argument("--n-samples", type=int, metavar="N",
+                        help="generated samples per measurement (overrides the config)")
+    parser.add_argument("--repeats", type=int, metavar="R",
+                        help="independent dataset draws and training seeds per size")
     parser.add_argument("--parallel", type=int, metavar="K", help="sizes measured per search round (Ray: run at once)")
     parser.add_argument("--synthetic", type=float, metavar="EMM",
                         help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training)")
@@ -37,8 +39,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the sweep directory (rerun on it to resume)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local",
                         help="run jobs here one after another (local) or as Ray tasks (ray)")
-    parser.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster (e.g. auto or ray://host:10001); "
-                        "default: a local Ray instance")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="an existing Ray cluster (e.g. auto or ray://host:10001); default: a local Ray instance")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     parser.add_argument("--no-report", action="store_true", help="do not render the report at the end")
 
