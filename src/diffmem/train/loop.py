@@ -24,7 +24,7 @@ from diffmem.config import ModelConfig, TrainConfig
 from diffmem.devices import resolve_device
 from diffmem.errors import RunError, UsageError
 from diffmem.io import to_model_scale
-from diffmem.nn import build_denoiser
+from diffmem.nn import build_denoiser, validate_model_config
 from diffmem.train import distributed as dist
 from diffmem.train.checkpoints import (
     FINAL_FILE,
@@ -51,18 +51,12 @@ def resolve_configs(data_path: Path, model: ModelConfig, train: TrainConfig):
     data = load_training_data(data_path)
     _, c, r, _ = data.images.shape
     model = dataclasses.replace(model, resolution=int(r), in_channels=int(c), label_dim=data.label_dim)
-    build_denoiser_check(model)
+    validate_model_config(model)
     validate_train_config(train, len(data))
     resolved = {"model": model, "train": train,
                 "data": {"path": str(data_path), "hash": data.data_hash, "images": len(data),
                          "label_dim": data.label_dim}}
     return data, model, resolved
-
-
-def build_denoiser_check(model: ModelConfig) -> None:
-    from diffmem.nn import validate_model_config
-
-    validate_model_config(model)
 
 
 def validate_train_config(t: TrainConfig, n_images: int) -> None:
