@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the run summary) on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown on a terminal)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a "
                              "busy machine)")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from diffmem.train import train as train_fn
     from diffmem.train.distributed import world
 
-    train_fn(data, out, model, train, progress=not args.no_progress)
+    train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty())
     if world()[0] != 0:
         return 0
     summary = _summary(out)
