@@ -186,7 +186,8 @@ def to_html(blocks: list[Block], title: str) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-           "pre{background:#f4f4f4;padding:8px;overflow:auto}figure{margin:1em 0}</style></head><body>"]
+           "pre{background:#f4f4f4;padding:8px;overflow:auto}figure{margin:1em 0}img{max-width:100%}</style>"
+           "</head><body>"]
     for b in blocks:
         if b[0] == "h":
             out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
