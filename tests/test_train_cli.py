@@ -38,7 +38,7 @@ def test_dry_run_prints_the_resolved_config(data, tmp_path, capsys):
     m, t = cfg["model"], cfg["train"]
     assert (m["resolution"], m["in_channels"], m["label_dim"], m["channels"]) == (8, 1, 2, 8)
     assert m["skip_mask"] == [True, False, True, True] and m["attn_resolutions"] == [4]
-    assert (t["kimg"], t["epochs"], t["batch"], t["lr"]) == (0.032, None, 8, 1e-3)  # lr from the preset
+    assert (t["kimg"], t["epochs"], t["batch"], t["lr"]) == (0.032, None, 8, 2e-3)  # lr from the preset
     assert (t["ema_decay"], t["ema_halflife_kimg"]) == (None, 2.0)  # the half-life replaces the preset's decay
     assert not (tmp_path / "r").exists()
 
@@ -55,7 +55,7 @@ def test_train_json_then_rerun_reuses(data, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 4 and (run / "stats.jsonl").read_text() == stats
     assert main(["train", "--data", str(data), "--out", str(run), *TINY, "--lr", "5e-4"]) == 2
     err = capsys.readouterr().err
-    assert "different config (train.lr: 0.001 there vs 0.0005 now)" in err and err.count("\n") == 1
+    assert "different config (train.lr: 0.002 there vs 0.0005 now)" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("flag,value,message", [

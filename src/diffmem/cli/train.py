@@ -14,8 +14,8 @@ from diffmem.errors import UsageError
 HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
 EXAMPLES = """\
   diffmem train --data out/digits64 --out runs/d64 --preset digits          # minutes on 2 CPU cores
-  diffmem train --data out/digits64 --out runs/d64c16 --preset digits --channels 16 --batch 64 \\
-      --lr 2e-3 --ema-decay 0.99 --kimg 192 --snapshot-kimg 48
+  diffmem train --data out/digits64 --out runs/d64c32 --preset digits --channels 32 --batch 128 \\
+      --lr 1e-3 --ema-decay 0.999 --kimg 512 --snapshot-kimg 128
   diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic --skip-mask 1,1,1,0,0,0,1,1,1
   diffmem train --data out/digits64 --out runs/x --preset digits --dry-run   # print the resolved config
   torchrun --nproc_per_node=4 -m diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic
