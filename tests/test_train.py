@@ -90,7 +90,11 @@ def test_resume_is_bit_identical(data16, tmp_path):
 
 @pytest.mark.slow
 def test_run_dir_layout_reuse_and_refusals(data16, tmp_path):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
     run = train(data16, tmp_path / "run", MODEL, TRAIN)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is left as it was
     assert {p.name for p in run.iterdir()} >= {"manifest.json", "config.json", "stats.jsonl", "checkpoints",
                                                "final.safetensors", "state.safetensors"}
     cfg = json.loads((run / "config.json").read_text())

@@ -162,6 +162,14 @@ def train(
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    # training seeds torch's global generators (initial weights, dropout); the caller's states are restored
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train(data, run, model, train, device, progress, stop_after_steps)
+
+
+def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device: torch.device, progress: bool,
+           stop_after_steps: int | None) -> Path:
+    rank, size, _ = dist.world()
     distributed = dist.init(device)
     td, model, resolved = resolve_configs(data, model, train)
     ident = run_identity(resolved)
