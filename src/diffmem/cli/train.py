@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("training knobs (override the preset)")
     for flag, (_, kind, text) in _TRAIN_FLAGS.items():
         t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser: minutes of warm-up, "
+                                                             "then faster steps (about 4× for the digits preset on "
+                                                             "a CPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the run summary) on stdout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown on a terminal)")
@@ -110,6 +113,8 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
             v = getattr(args, flag.replace("-", "_"))
             if v is not None:
                 changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
+    if args.compile:
+        changes["train"]["compile"] = True
     if args.kimg is not None:
         changes["train"].update(kimg=args.kimg, epochs=None)
     if args.epochs is not None:

@@ -200,6 +200,8 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     if rank == 0:
         _truncate_stats(run / STATS_FILE, step)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    if train.compile:
+        ddp = torch.compile(ddp)
 
     images = torch.as_tensor(td.images).to(device)
     labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
@@ -246,7 +248,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
             y = to_model_scale(images[j])
             lab = labels[j] if labels is not None else None
             sync = k + micro >= per_rank
-            with ddp.no_sync() if distributed and not sync else contextlib.nullcontext():
+            with _no_sync(ddp) if distributed and not sync else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
                     loss = per_sample_loss(ddp, y, sigma[k:k + micro], noise[k:k + micro], lab, model)
                 loss = loss.sum() / per_rank
@@ -294,3 +296,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     dist.barrier()
     return run
 
+
+def _no_sync(module: torch.nn.Module):
+    """DDP's ``no_sync`` (gradient accumulation without all-reduce), also through a compiled wrapper."""
+    return getattr(module, "_orig_mod", module).no_sync()
