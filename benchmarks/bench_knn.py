@@ -107,8 +107,8 @@ def child(method: str, n: int, m: int, dim: int, threads: int, out: Path) -> Non
     out.write_text(json.dumps(res))
 
 
-def run_child(method: str, args: argparse.Namespace, tmp: Path) -> dict:
-    out = tmp / f"{method}.json"
+def run_child(method: str, args: argparse.Namespace, tmp: Path, tag: str | None = None) -> dict:
+    out = tmp / f"{(tag or method).replace(' ', '').replace('#', '_')}.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--child", method, "--n", str(args.n), "--m", str(args.m),
@@ -124,9 +124,10 @@ def agreement(res: dict, ref: dict) -> str:
     if not res.get("npz") or not ref.get("npz"):
         return "–"
     with np.load(res["npz"]) as a, np.load(ref["npz"]) as b:
-        same = np.mean(np.all(a["ids"] == b["ids"], axis=1))
+        differ = int(np.count_nonzero(np.any(a["ids"] != b["ids"], axis=1)))
         err = np.abs(a["dist"] - b["dist"]).max()
-    return f"{same:.2%} same NN₁,NN₂; max abs Δd {err:.1e}"
+        n = len(a["ids"])
+    return f"NN₁/NN₂ differ for {differ} of {n:,} queries; max abs Δd {err:.1e}"
 
 
 def cli_timing(args: argparse.Namespace, tmp: Path) -> dict:
@@ -190,19 +191,19 @@ def main() -> None:
         print(f"kNN benchmark: {args.n:,} queries × {args.m:,} database × {args.dim:,} float32, "
               f"{args.threads} threads", file=sys.stderr)
         results = {m: run_child(m, args, tmp) for m in methods}
-        for r in range(2, args.pairs + 1):  # floor and diffmem again, back to back: the ratio under drifting load
-            for m in ("floor", "diffmem"):
-                results[f"{m} #{r}"] = run_child(m, args, tmp)
+        for r in range(2, args.pairs + 1):  # floor, diffmem (and faiss) again, back to back: ratios under drifting load
+            for m in [x for x in ("floor", "diffmem", "faiss") if x in methods]:
+                results[f"{m} #{r}"] = run_child(m, args, tmp, f"{m} #{r}")
         cli = cli_timing(args, tmp) if args.cli else None
-        floor = results.get("floor", {}).get("seconds")
         ref = results.get("diffmem", {})
         rows = ["| method | time (s) | vs floor | peak RSS (MB) | over inputs (MB) | agreement with diffmem |",
                 "|---|---|---|---|---|---|"]
         for m, r in results.items():
-            base = results.get(m.replace("diffmem", "floor"), {}).get("seconds", floor)
+            rnd = m.partition(" ")[2]  # "#k" for repeated rounds
+            base = results.get(f"floor {rnd}" if rnd and not m.startswith("floor") else "floor", {}).get("seconds")
             ratio = f"{r['seconds'] / base:.2f}×" if base else "–"
             over = r["peak_rss_mb"] - r["base_rss_mb"]
-            agree = "(reference)" if m == "diffmem" else agreement(r, ref)
+            agree = "(reference: exact)" if m == "diffmem" else agreement(r, ref)
             if m.startswith("diffmem"):
                 agree += f"; {r.get('n_fallback', 0)} queries widened"
             rows.append(f"| {m} | {r['seconds']:.2f} | {ratio} | {r['peak_rss_mb']:.0f} | {over:.0f} | {agree} |")
@@ -214,7 +215,7 @@ def main() -> None:
         f"Inputs: {args.n:,} × {args.dim:,} queries and {args.m:,} × {args.dim:,} database vectors, float32 "
         f"({inputs_mb:.0f} MB), uniform random, seed 0; {args.threads} threads. ",
         "'over inputs' = peak RSS − RSS once the inputs exist (libraries imported). "
-        "'vs floor': time / the floor's time (for 'diffmem #k': / 'floor #k', run just before it).",
+        "'vs floor': time / the first floor's time (for 'diffmem #k', 'faiss #k': / 'floor #k' of the same round).",
         "",
         *rows,
     ]
