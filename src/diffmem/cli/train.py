@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -145,9 +146,11 @@ def run(args: argparse.Namespace) -> int:
     from diffmem.train import train as train_fn
     from diffmem.train.distributed import world
 
-    train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty())
-    if world()[0] != 0:
+    if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
+        train_fn(data, out, model, train, progress=False)
         return 0
+    with _out_lock(out):
+        train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty())
     summary = _summary(out)
     if args.json:
         print_json(summary)
@@ -160,6 +163,24 @@ def run(args: argparse.Namespace) -> int:
                   f"speed {last['images_per_s']:.0f} images/s")
         print(f"final EMA weights: {summary['final']}; snapshots: {len(list_snapshots(out))} in {out / 'checkpoints'}")
     return 0
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path):
+    """Hold the lock on the run directory for the whole run; a directory created only for the lock is
+    removed again when the run fails before writing anything into it."""
+    from diffmem.artefacts import dir_lock
+
+    created = not out.exists()
+    try:
+        with dir_lock(out, "--out"):
+            yield
+    except BaseException:
+        if created and [p.name for p in out.iterdir()] == [".lock"]:
+            with contextlib.suppress(OSError):
+                (out / ".lock").unlink()
+                out.rmdir()
+        raise
 
 
 def _summary(out: Path) -> dict:

@@ -104,7 +104,7 @@ def _prepare_run_dir(run: Path, resolved: dict, ident: str) -> bool:
             raise UsageError(f"--out: {str(run)!r} holds a run of a different config ({diff}); "
                              "choose a new directory or repeat the original options")
         return m.get("status") == "complete"
-    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+    if run.exists() and (not run.is_dir() or any(p.name != ".lock" for p in run.iterdir())):  # .lock: the CLI holds it
         raise UsageError(f"--out: {str(run)!r} exists and is not a diffmem run; choose a new directory")
     run.mkdir(parents=True, exist_ok=True)
     artefacts.atomic_write_json(run / CONFIG_FILE, resolved)  # the resolved config, before any work
