@@ -28,6 +28,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _optimum_label(label: str | None) -> str:
+    return "closed-form optimum" if not label or label == "trained" else f"{label}: closed-form optimum"
+
+
 def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path, title: str = "") -> Path:
     """Memorization ratio against |D| (log axis), one curve per factor value, with the 1 − ε line and the EMM.
 
@@ -53,7 +57,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
         if opt:
             xs = sorted(int(s) for s in opt)
             ax.plot(xs, [opt[str(s)] if str(s) in opt else opt[s] for s in xs], ls="--", marker="x", ms=4,
-                    color=color, alpha=0.6, label=f"{c.get('label') or ''} optimum".strip())
+                    color=color, alpha=0.6, label=_optimum_label(c.get("label")))
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
     ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xscale("log")
