@@ -64,6 +64,8 @@ def check_config(cfg: DataConfig) -> None:
     for option, value in (("--size", cfg.size), ("--classes", cfg.classes), ("--resolution", cfg.resolution)):
         if value is not None and value < 1:
             raise UsageError(f"{option}: {value} is not valid; expected a positive integer")
+    if cfg.seed < 0:
+        raise UsageError(f"--seed: {cfg.seed} is not valid; expected an integer ≥ 0")
     if cfg.resample not in RESAMPLE_FILTERS:
         raise UsageError(f"--resample: {cfg.resample!r} is not valid; expected one of {', '.join(RESAMPLE_FILTERS)}")
     if cfg.mix is None and cfg.mix_rate != 0.0:
