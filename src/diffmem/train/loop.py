@@ -64,16 +64,17 @@ def validate_train_config(t: TrainConfig, n_images: int) -> None:
     _, size, _ = dist.world()
     if (t.kimg is None) == (t.epochs is None):
         raise UsageError(f"--kimg/--epochs: kimg={t.kimg}, epochs={t.epochs}; expected exactly one of them")
-    if (t.kimg is not None and t.kimg <= 0) or (t.epochs is not None and t.epochs <= 0):
-        raise UsageError(f"--kimg/--epochs: {t.kimg or t.epochs} is not valid; expected a positive duration")
+    duration = t.kimg if t.kimg is not None else t.epochs
+    if not (math.isfinite(duration) and duration > 0):
+        raise UsageError(f"--kimg/--epochs: {duration} is not valid; expected a positive, finite duration")
     if t.batch < 1 or t.batch % size:
         raise UsageError(f"--batch: {t.batch} is not valid; expected a positive multiple of the {size} processes")
     per_rank = t.batch // size
     if t.batch_per_device is not None and (t.batch_per_device < 1 or per_rank % t.batch_per_device):
         raise UsageError(f"--batch-per-device: {t.batch_per_device} is not valid; expected a divisor of the "
                          f"{per_rank} images per process (batch {t.batch} / {size} processes)")
-    if t.lr <= 0:
-        raise UsageError(f"--lr: {t.lr} is not valid; expected a positive learning rate")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise UsageError(f"--lr: {t.lr} is not valid; expected a positive, finite learning rate")
     if t.ema_decay is not None and not 0 <= t.ema_decay < 1:
         raise UsageError(f"--ema-decay: {t.ema_decay} is not valid; expected a decay in [0, 1) (0 = no EMA)")
     if t.precision not in ("fp32", "bf16"):
