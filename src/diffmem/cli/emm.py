@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -114,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     synthetic = None
     if args.synthetic is not None:
+        if not (math.isfinite(args.synthetic) and args.synthetic > 0):
+            from diffmem.errors import bad
+
+            raise bad("--synthetic", args.synthetic, "a positive EMM (a number of training images)")
         synthetic = SyntheticCurve(emm=args.synthetic, threshold=1 - cfg.epsilon)
     backend = make_backend(args.backend, args.ray_address)
     try:
