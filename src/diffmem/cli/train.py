@@ -171,6 +171,8 @@ def _out_lock(out: Path):
     removed again when the run fails before writing anything into it."""
     from diffmem.artefacts import dir_lock
 
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {str(out)!r} is a file; expected a run directory (new, or of the same run)")
     created = not out.exists()
     try:
         with dir_lock(out, "--out"):
