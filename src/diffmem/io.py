@@ -79,6 +79,11 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
     path = Path(path)
     what = str(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would take anything else for a pickle
+            raise UsageError(f"{what}: not a .npz archive (it does not start as a zip file); "
+                             "expected arrays saved with numpy.savez")
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z.files:
                 raise UsageError(f"{what}: no 'images' array (has {sorted(z.files)}); expected the diffmem npz layout")
