@@ -58,3 +58,35 @@ def test_study_runs_every_value_and_writes_one_table(tmp_path):
     again = run_study(cfg, tmp_path / "st", synthetic=curves)
     assert again.summary()["n_trained_now"] == 0
     assert read_table(tmp_path / "st") == rows
+
+
+@pytest.mark.slow
+def test_study_cli_ratio_mode_end_to_end(tmp_path, capsys):
+    """Two widths at one fixed size, trained for real (tiny), through `diffmem study`."""
+    import dataclasses
+
+    import torch
+
+    from diffmem.cli import main
+    from diffmem.config import to_dict
+    from test_emm_e2e import TINY
+
+    base = to_dict(dataclasses.replace(TINY, sizes=(8,), optimal=False))
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"name": "w", "mode": "ratio", "factors": {"model.channels": [4, 8]}, "base": base}))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["study", "--config", str(path), "--out", str(tmp_path / "st"), "--json"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    s = json.loads(capsys.readouterr().out)
+    assert [v["factors"] for v in s["values"]] == [{"model.channels": 4}, {"model.channels": 8}]
+    assert s["n_trainings"] == 2 and all(len(v["points"]) == 1 and v["points"][0]["size"] == 8 for v in s["values"])
+    rows = read_table(tmp_path / "st")
+    assert sorted({(r["model.channels"], r["snapshot_kimg"]) for r in rows}) == \
+        [("4", 0.32), ("4", 0.64), ("8", 0.32), ("8", 0.64)]
+    for v in s["values"]:  # each value's point is its best snapshot
+        best = max(r["ratio"] for r in rows if r["model.channels"] == str(v["factors"]["model.channels"]))
+        assert v["points"][0]["ratio"] == best
+    assert (tmp_path / "st" / "report.html").is_file()

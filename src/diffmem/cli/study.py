@@ -48,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
     for factors, r in res.values:
         e = r.estimate
         label = ", ".join(f"{k}={v}" for k, v in factors.items()) or "base"
-        ratios = ", ".join(f"|D|={p.size:,}: {p.ratio:.3f}" for p in r.points)
-        w(f"  {label}: EMM {fmt_size(e.emm)} [95 % interval {fmt_size(e.ci[0])}–{fmt_size(e.ci[1])}], "
-          f"bracket [{fmt_size(e.bracket[0])}, {fmt_size(e.bracket[1])}], {r.n_trainings} trainings; "
-          f"ratios {ratios}\n")
+        ratios = ", ".join(f"|D|={p.size:,}: {p.ratio:.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}] of {p.n_samples:,}"
+                           for p in r.points)
+        if cfg.mode == "ratio":
+            w(f"  {label}: memorization ratio (95 % interval, samples) {ratios}\n")
+        else:
+            w(f"  {label}: EMM {fmt_size(e.emm)} [95 % interval {fmt_size(e.ci[0])}–{fmt_size(e.ci[1])}], "
+              f"bracket [{fmt_size(e.bracket[0])}, {fmt_size(e.bracket[1])}], {r.n_trainings} trainings; "
+              f"ratios {ratios}\n")
     s = res.summary()
     w(f"trainings: {s['n_trainings']} ({s['n_trained_now']} run now); wall time {res.wall_s:,.1f} s; "
       f"results: {out / 'results.csv'}\n")
