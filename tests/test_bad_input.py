@@ -32,9 +32,11 @@ def inputs(tmp_path_factory):
     nan = rng.normal(size=(16, 1, 8, 8)).astype(np.float32)
     nan[3, 0, 2, 2] = np.nan
     p["nan"] = _npz(d / "nan.npz", images=nan)
-    inf = rng.normal(size=(16, 64))
-    inf[5, 7] = np.inf
-    p["inf_features"] = _npz(d / "inf_features.npz", images=inf)
+    inf = rng.uniform(0, 255, size=(16, 1, 8, 8))
+    inf[5, 0, 7, 1] = -np.inf
+    p["inf"] = _npz(d / "inf.npz", images=inf)
+    p["npy_as_npz"] = d / "npy.npz"
+    np.save(open(p["npy_as_npz"], "wb"), u8(16, 1, 8, 8))
     p["int32"] = _npz(d / "int32.npz", images=u8(16, 1, 8, 8).astype(np.int32) + 1000)
     p["five_dims"] = _npz(d / "five_dims.npz", images=u8(16, 1, 1, 8, 8))
     p["empty"] = _npz(d / "empty.npz", images=np.zeros((0, 1, 8, 8), np.uint8))
@@ -95,10 +97,10 @@ S = ["--n", "2", "--steps", "2", "--out", "{out}/s.npz"]  # a tiny sampling
 CASES = {
     # data
     "data-missing-npz": (["data", "--source", "npz:{missing}"], "{missing}", 2),
-    "data-text-as-npz": (["data", "--source", "npz:{text}"], "{text}", 2),
+    "data-text-as-npz": (["data", "--source", "npz:{text}"], "{text}: not a .npz archive", 2),
     "data-truncated-npz": (["data", "--source", "npz:{truncated}"], "{truncated}", 2),
     "data-empty-npz": (["data", "--source", "npz:{empty}"], "{empty}", 2),
-    "data-nan-npz": (["data", "--source", "npz:{nan}"], "{nan}", 2),
+    "data-nan-npz": (["data", "--source", "npz:{nan}"], "{nan}: 'images' holds NaN or inf", 2),
     "data-int32-npz": (["data", "--source", "npz:{int32}"], "{int32}", 2),
     "data-no-images-key": (["data", "--source", "npz:{no_images}"], "images", 2),
     "data-labels-short": (["data", "--source", "npz:{labels_short}"], "labels", 2),
@@ -124,7 +126,7 @@ CASES = {
     "train-text-data": (["train", "--data", "{txt}", *T], "{txt}", 2),
     "train-truncated-data": (["train", "--data", "{truncated}", *T], "{truncated}", 2),
     "train-empty-data": (["train", "--data", "{empty}", *T], "{empty}", 2),
-    "train-nan-data": (["train", "--data", "{nan}", *T], "{nan}", 2),
+    "train-nan-data": (["train", "--data", "{nan}", *T], "{nan}: 'images' holds NaN or inf", 2),
     "train-5d-data": (["train", "--data", "{five_dims}", *T], "{five_dims}", 2),
     "measure-5d-samples": (["measure", "--samples", "{five_dims}", "--train", "{gray8}"], "{five_dims}", 2),
     "train-incomplete-artefact": (["train", "--data", "{incomplete}", *T], "{incomplete}", 2),
@@ -174,8 +176,9 @@ CASES = {
     "measure-empty-folder": (["measure", "--samples", "{emptydir}", "--train", "{gray8}"], "{emptydir}", 2),
     "measure-corrupt-png": (["measure", "--samples", "{badpng}", "--train", "{gray8}"], "b.png", 2),
     "measure-nan-samples": (["measure", "--samples", "{nan}", "--train", "{gray8}"], "{nan}", 2),
-    "measure-inf-features": (["measure", "--samples", "{inf_features}", "--train", "{inf_features}"],
-                             "{inf_features}", 2),
+    "measure-inf-train": (["measure", "--samples", "{gray8}", "--train", "{inf}"], "--train: {inf}: 'images' holds NaN",
+                          2),
+    "measure-npy-as-npz": (["measure", "--samples", "{npy_as_npz}", "--train", "{gray8}"], "not a .npz archive", 2),
     "measure-int32-samples": (["measure", "--samples", "{int32}", "--train", "{gray8}"], "{int32}", 2),
     "measure-channels-mismatch": (["measure", "--samples", "{rgb8}", "--train", "{gray8}"], "--train", 2),
     "measure-resolution-mismatch": (["measure", "--samples", "{gray16}", "--train", "{gray8}"], "--train", 2),
@@ -253,3 +256,16 @@ def test_the_table_covers_every_command():
     from diffmem.cli import COMMANDS
 
     assert {argv[0] for argv, _, _ in CASES.values()} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("side", ["--samples", "--train"])
+def test_nan_in_float_feature_matrices_is_refused(side):
+    """measure() also takes float feature matrices N×D; a NaN or inf in either is refused by name."""
+    from diffmem.errors import UsageError
+    from diffmem.measure import measure
+
+    f = np.random.default_rng(0).normal(size=(10, 5))
+    g = f.copy()
+    g[2, 1] = np.nan if side == "--samples" else np.inf
+    with pytest.raises(UsageError, match=f"{side}: vectors hold NaN or inf"):
+        measure(g, f) if side == "--samples" else measure(f, g)
