@@ -164,7 +164,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
             D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
-                                label_dim=label_classes)
+                                label_dim=label_classes, device=resolve_device(sample_cfg.device))
             samples = generate(D, n, seed, sample_cfg, labels=labels)
             summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what)
         rows.append(_row("optimal", spec, None, summary))
