@@ -146,6 +146,23 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
+def remove_stale_temps(directory: str | os.PathLike) -> int:
+    """Remove the temporaries (``.<name>.<random>.tmp…``) that killed atomic writes left below ``directory``;
+    returns how many. Call it only while holding ``dir_lock(directory)``: a live writer's look the same."""
+    removed = 0
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        for name in [*files, *dirs]:
+            if name.startswith(".") and ".tmp" in name:
+                p = Path(root) / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed += 1
+        dirs[:] = [d for d in dirs if not (d.startswith(".") and ".tmp" in d)]
+    return removed
+
+
 def write_manifest(
     directory: str | os.PathLike,
     stage: str,

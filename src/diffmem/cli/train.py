@@ -169,13 +169,14 @@ def run(args: argparse.Namespace) -> int:
 def _out_lock(out: Path):
     """Hold the lock on the run directory for the whole run; a directory created only for the lock is
     removed again when the run fails before writing anything into it."""
-    from diffmem.artefacts import dir_lock
+    from diffmem.artefacts import dir_lock, remove_stale_temps
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {str(out)!r} is a file; expected a run directory (new, or of the same run)")
     created = not out.exists()
     try:
         with dir_lock(out, "--out"):
+            remove_stale_temps(out)  # what a killed run was writing; the lock says no one else writes here
             yield
     except BaseException:
         if created and [p.name for p in out.iterdir()] == [".lock"]:
