@@ -102,19 +102,22 @@ class RayBackend(Backend):
         ray = self._ray
         pending = {self._task.remote(spec, str(job_dir(root, spec))): spec for spec in specs}
         out = {}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            spec = pending.pop(ready[0])
-            try:
-                rows = ray.get(ready[0])
-            except Exception as e:  # a task's own error arrives wrapped by Ray
-                for ref in pending:
-                    ray.cancel(ref)
-                cause = getattr(e, "cause", None) or e
-                raise RunError(f"job {spec.dirname} failed on Ray: {cause.__class__.__name__}: {cause}") from e
-            out[spec.key] = rows
-            if on_done:
-                on_done(spec, rows, False)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(ready[0])
+                try:
+                    rows = ray.get(ready[0])
+                except Exception as e:  # a task's own error arrives wrapped by Ray
+                    cause = getattr(e, "cause", None) or e
+                    raise RunError(f"job {spec.dirname} failed on Ray: {cause.__class__.__name__}: {cause}") from e
+                out[spec.key] = rows
+                if on_done:
+                    on_done(spec, rows, False)
+        except BaseException:  # an error or an interrupt: no task may go on writing into the sweep
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
         return out
 
     def close(self) -> None:
