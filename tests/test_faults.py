@@ -316,3 +316,35 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_state(data16, tmp
     assert main(["train", "--data", str(data16), "--out", str(tmp_path / "clean"), *TRAIN_ARGS]) == 0
     a, b = load_file(str(run / "final.safetensors")), load_file(str(tmp_path / "clean" / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_emm_on_ray_interrupted_then_resumed(tmp_path):
+    """The Ray backend interrupted after its first finished job, then rerun: finished jobs are reused and
+    the table equals an uninterrupted local plan's."""
+    pytest.importorskip("ray")
+    from diffmem.config import EMMConfig
+    from diffmem.sweep import LocalBackend, RayBackend, SyntheticCurve, run_emm
+
+    curve = SyntheticCurve(emm=200.0, slope=3.0, threshold=0.9, noise=True)
+    cfg = EMMConfig(n_samples=500, size_min=32, size_max=1024, parallel=2, optimal=False)
+    whole = run_emm(cfg, tmp_path / "whole", backend=LocalBackend(), synthetic=curve)
+    done = []
+
+    def interrupt(spec, reused):
+        done.append(spec.dirname)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    backend = RayBackend(num_cpus=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_emm(cfg, tmp_path / "ray", backend=backend, synthetic=curve, on_job=interrupt)
+        jobs = tmp_path / "ray" / "jobs"
+        mtimes = {name: (jobs / name / "manifest.json").stat().st_mtime_ns for name in done}
+        res = run_emm(cfg, tmp_path / "ray", backend=backend, synthetic=curve)
+    finally:
+        backend.close()
+    assert {name: (jobs / name / "manifest.json").stat().st_mtime_ns for name in done} == mtimes
+    assert res.n_trainings == whole.n_trainings and res.n_trained_now <= whole.n_trainings - 2
+    assert _table(tmp_path / "ray") == _table(tmp_path / "whole")
+    assert res.estimate == whole.estimate
