@@ -193,3 +193,30 @@ def test_zero_initialised_model_starts_at_c_skip_x(precond):
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     c_skip = torch.as_tensor(_closed_forms(precond, SIGMAS, cfg)[0]).reshape(-1, 1, 1, 1)
     torch.testing.assert_close(D(x, torch.as_tensor(SIGMAS)), c_skip * x, rtol=0, atol=0)
+
+
+def test_label_embedding_trains_like_a_one_hot_linear():
+    """The label path must follow a Linear on √L·one_hot(label) under Adam, not only at initialisation."""
+    from diffmem.nn.unet import UNet
+
+    L, C = 1000, 8
+    net = UNet(dataclasses.replace(TINY, label_dim=L, channels=C))
+    table = net.map_label.weight  # L×C
+    assert table.abs().max() <= math.sqrt(6 / (L + C))  # Xavier bound of the Linear
+    ref = torch.nn.Linear(L, C, bias=False)
+    with torch.no_grad():
+        ref.weight.copy_(table.detach().T)
+    labels = torch.tensor([3, 7, 3])
+    target = torch.randn(3, C, generator=torch.Generator().manual_seed(0))
+
+    def step(params, embed):
+        opt = torch.optim.Adam(params, lr=1e-3)
+        loss = ((embed() - target) ** 2).sum()
+        loss.backward()
+        opt.step()
+        return embed().detach()
+
+    ours = step([table], lambda: net.map_label(labels) * net.label_scale)
+    onehot = torch.nn.functional.one_hot(labels, L).float() * math.sqrt(L)
+    theirs = step(list(ref.parameters()), lambda: ref(onehot))
+    assert torch.allclose(ours, theirs, atol=1e-6)

@@ -53,9 +53,12 @@ class UNet(nn.Module):
         # c_noise (and label) → embedding
         self.map_noise = FourierEmbedding(C) if cfg.embedding == "fourier" else PositionalEmbedding(C)
         if cfg.label_dim:
+            # a Linear on one-hot labels (Xavier-uniform init) applied to √label_dim·one_hot, stored as
+            # an embedding table; the √label_dim scale is applied in forward() so Adam's per-weight
+            # steps move the label vector as fast as the one-hot Linear's would
             self.map_label = nn.Embedding(cfg.label_dim, C)
-            # Xavier bound of a Linear on one-hot labels scaled by √label_dim
-            bound = math.sqrt(6 / (cfg.label_dim + C)) * math.sqrt(cfg.label_dim)
+            self.label_scale = math.sqrt(cfg.label_dim)
+            bound = math.sqrt(6 / (cfg.label_dim + C))
             nn.init.uniform_(self.map_label.weight, -bound, bound)
         self.map_layer0 = linear(C, emb_ch)
         self.map_layer1 = linear(emb_ch, emb_ch)
@@ -105,7 +108,7 @@ class UNet(nn.Module):
         # embedding: noise features (+ label embedding) → two SiLU layers
         emb = self.map_noise(c_noise)
         if self.label_dim:
-            emb = emb + self.map_label(labels)
+            emb = emb + self.map_label(labels) * self.label_scale
         emb = F.silu(self.map_layer0(emb))
         emb = F.silu(self.map_layer1(emb))
 
