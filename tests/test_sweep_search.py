@@ -154,7 +154,7 @@ def test_repeats_widen_the_interval_to_their_spread():
     mean, sd = np.mean([0.80, 0.95, 0.99]), np.std([0.80, 0.95, 0.99], ddof=1)
     half = 4.303 * sd / math.sqrt(3)  # t(0.975, 2 dof)
     assert p.ratio == pytest.approx((800 + 950 + 990) / 3000)
-    assert p.ci[0] == pytest.approx(mean - half) and p.ci[1] == pytest.approx(min(1.0, mean + half))
+    assert p.ci[0] == pytest.approx(mean - half, abs=1e-4) and p.ci[1] == pytest.approx(min(1.0, mean + half), abs=1e-4)
     assert p.straddles(T)
     # equal repeats: the pooled Wilson interval (narrower than any single run's)
     same = pool(256, [RepeatResult(i, 0.5, 500, 1000, 1.0) for i in range(2)])
@@ -170,3 +170,14 @@ def test_estimate_outside_the_measured_range():
     e = estimate(none_mem, T)
     assert e.emm is None and e.below_range and e.bracket == (None, 64)
     assert e.ci == (None, 64)
+
+
+def test_repeat_interval_uses_students_t_at_the_asked_confidence():
+    # spread-out repeats, so the Student-t half-width (not Wilson) sets the interval
+    rs = [RepeatResult(i, r, int(r * 1000), 1000, 1.0) for i, r in enumerate((0.70, 0.85, 0.95))]
+    mean, sd = np.mean([0.70, 0.85, 0.95]), np.std([0.70, 0.85, 0.95], ddof=1)
+    # two-sided quantiles of t with 2 degrees of freedom (printed tables): 90 % 2.920, 95 % 4.303, 99 % 9.925
+    for conf, q in ((0.90, 2.920), (0.95, 4.303), (0.99, 9.925)):
+        lo, hi = pool(256, rs, confidence=conf).ci
+        assert lo == pytest.approx(max(0.0, mean - q * sd / math.sqrt(3)), abs=1e-3)
+        assert hi == pytest.approx(min(1.0, mean + q * sd / math.sqrt(3)), abs=1e-3)

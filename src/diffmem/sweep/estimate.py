@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 
 from diffmem.sweep.search import find_bracket
 
-# two-sided 97.5 % quantiles of Student's t for 1..30 degrees of freedom (95 % intervals)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+
+def student_t_quantile(confidence: float, df: int) -> float:
+    """Two-sided quantile of Student's t: P(|T| ≤ q) = confidence with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: {confidence!r} is not valid; expected a number in (0, 1)")
+    return float(t.ppf(0.5 + confidence / 2, df))
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -70,7 +74,7 @@ def pool(size: int, runs: Sequence[RepeatResult], confidence: float = 0.95) -> P
         rs = [r.ratio for r in runs]
         mean = sum(rs) / len(rs)
         sd = math.sqrt(sum((x - mean) ** 2 for x in rs) / (len(rs) - 1))
-        t = _T975[min(len(rs) - 2, len(_T975) - 1)] if abs(confidence - 0.95) < 1e-9 else 1.96
+        t = student_t_quantile(confidence, len(rs) - 1)
         half = t * sd / math.sqrt(len(rs))
         lo, hi = min(lo, max(0.0, mean - half)), max(hi, min(1.0, mean + half))
     best = max(runs, key=lambda r: r.ratio).best_snapshot_kimg
