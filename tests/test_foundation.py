@@ -1,7 +1,6 @@
 """Artefacts, config round-trip, image I/O and the CLI's error contract."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -33,17 +32,17 @@ def test_atomic_dir_removes_partial_build(tmp_path):
     assert (final / "whole.npz").exists() and len(list(tmp_path.iterdir())) == 1
 
 
-def test_atomic_write_to_read_only_dir_is_a_run_error(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if os.access(ro, os.W_OK):  # root ignores permission bits
-            pytest.skip("running as a user that can write anywhere")
-        with pytest.raises(RunError, match="cannot write"):
-            artefacts.atomic_write_json(ro / "m.json", {})
-    finally:
-        ro.chmod(0o700)
+def test_a_refused_write_is_a_run_error_and_leaves_nothing(tmp_path, monkeypatch):
+    # permission bits do not stop root, so the refusal is injected where the file system would raise it
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    artefacts.atomic_write_json(tmp_path / "m.json", {"old": 1})
+    monkeypatch.setattr(artefacts.os, "replace", refuse)
+    with pytest.raises(RunError, match="cannot write .*m.json: Permission denied"):
+        artefacts.atomic_write_json(tmp_path / "m.json", {"new": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    assert json.loads((tmp_path / "m.json").read_text()) == {"old": 1}
 
 
 def test_manifest_and_completeness(tmp_path):
@@ -153,3 +152,31 @@ def test_dir_lock_refuses_a_second_process(tmp_path):
         holder.wait()
     with artefacts.dir_lock(tmp_path):  # a killed holder leaves no stale lock
         pass
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    a16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 … 63,000
+    Image.fromarray(a16).save(tmp_path / "g16.png")
+    got = io.read_image_file(tmp_path / "g16.png")
+    assert got.shape == (1, 8, 8)
+    assert np.array_equal(got[0], np.round(a16 * 255.0 / 65535).astype(np.uint8))
+
+
+def test_numpy_nan_and_inf_become_valid_json():
+    out = artefacts.to_jsonable({"a": np.float64("nan"), "b": np.float32("inf"), "c": np.int64(3)})
+    assert out == {"a": None, "b": "inf", "c": 3}
+    json.dumps(out, allow_nan=False)
+
+
+def test_unexpected_multi_line_errors_are_printed_on_one_line(monkeypatch, capsys):
+    from diffmem import cli
+
+    def boom(args):
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr("diffmem.cli.report.run", boom)
+    assert cli.main(["report", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "first line second line" in err

@@ -45,7 +45,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
-        return obj.item()
+        return to_jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):  # JSON has no NaN or inf
         return None if obj != obj else ("inf" if obj > 0 else "-inf")
     return obj

@@ -7,6 +7,7 @@ optional ``seeds`` int64 N. Loading never unpickles (``allow_pickle=False``).
 from __future__ import annotations
 
 import os
+import typing
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,20 +104,29 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
     return ImageSet(images=images, **extra)
 
 
-def read_image_file(path: str | os.PathLike) -> np.ndarray:
-    """One image file as uint8 C×H×W (grayscale C=1, RGB C=3; alpha dropped, palettes expanded)."""
+def read_image_file(path: str | os.PathLike | typing.BinaryIO, name: str | None = None) -> np.ndarray:
+    """One image file (a path or a binary file object) as uint8 C×H×W.
+
+    Grayscale gives C=1, anything else RGB C=3 (alpha dropped, palettes expanded); 16-bit and
+    32-bit grayscale are scaled to 8 bits, never clipped. ``name`` labels errors for file objects.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    label = name or str(path)
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("1", "L", "I;16", "I", "F", "LA"):
-                im = im.convert("L")
-            elif im.mode != "RGB":
-                im = im.convert("RGB")
-            a = np.asarray(im, dtype=np.uint8)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                a = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+                a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+            else:
+                im = im.convert("L") if im.mode in ("1", "L", "LA") else im.convert("RGB")
+                a = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise UsageError(f"{label}: refused: image too large to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
+        raise UsageError(f"{label}: not a readable image ({e.__class__.__name__}: {e})") from e
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 

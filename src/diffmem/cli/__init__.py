@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message folded onto one line (torch, PIL and Ray messages often span several)."""
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except DiffmemError as e:
         if debug:
             traceback.print_exc()
-        print(f"diffmem {args.command}: error: {e}", file=sys.stderr)
+        print(f"diffmem {args.command}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"diffmem {args.command}: interrupted", file=sys.stderr)
@@ -79,6 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure while running
         if debug:
             traceback.print_exc()
-        print(f"diffmem {args.command}: failed: {e.__class__.__name__}: {e} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(f"diffmem {args.command}: failed: {e.__class__.__name__}: {one_line(e)} "
+              "(rerun with --debug for details)", file=sys.stderr)
         return 1

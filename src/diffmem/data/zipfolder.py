@@ -19,7 +19,7 @@ import numpy as np
 
 from diffmem.data.sources import Source, reason, relabel
 from diffmem.errors import UsageError
-from diffmem.io import IMAGE_SUFFIXES, stack_images
+from diffmem.io import IMAGE_SUFFIXES, read_image_file, stack_images
 
 MAX_MEMBER_BYTES = 64 << 20  # refuse single members that would expand beyond this (zip bombs)
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -33,16 +33,7 @@ def unsafe_member_name(name: str) -> bool:
 
 
 def _read_image(data: bytes, name: str, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F", "LA") else im.convert("RGB")
-            a = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UsageError(f"{what}: member {name!r} is not a readable image ({reason(e)})") from e
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return read_image_file(io.BytesIO(data), name=f"{what}: member {name!r}")
 
 
 def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | None:
