@@ -6,6 +6,7 @@ eigenbasis Σ = Q diag(λ) Qᵀ each coordinate of z = Qᵀ(x − μ) scales as 
 to 0 maps x_T to μ + Q diag(√(λ / (λ + σ_T²))) Qᵀ (x_T − μ).
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -216,3 +217,24 @@ def test_bad_sampler_settings_are_usage_errors(kw, match):
         generate(ScaledIdentity(), 0, 0)
     with pytest.raises(UsageError, match="seed:"):
         generate(ScaledIdentity(), 2, -1)
+
+
+def test_drawn_labels_come_only_from_the_given_classes_and_keep_per_sample_seeds():
+    from diffmem.sample.generate import present_classes
+
+    class Conditional(torch.nn.Module):  # a denoiser that returns its labels as a constant image
+        label_dim, resolution, in_channels, sigma_min, sigma_max = 5, 2, 1, 0.0, float("inf")
+
+        def forward(self, x, sigma, labels=None):
+            return (labels.to(x.dtype) / 10).reshape(-1, 1, 1, 1).expand_as(x)
+
+    train_labels = np.array([3, 1, 3, 1, -1])
+    classes = present_classes(train_labels)
+    assert classes.tolist() == [1, 3] and present_classes(np.array([-1, -1])) is None
+    cfg = SampleConfig(steps=2)
+    a = generate(Conditional(), 40, 0, cfg, classes=classes)
+    assert set(a.labels.tolist()) == {1, 3}
+    b = generate(Conditional(), 10, 30, dataclasses.replace(cfg, batch=3), classes=classes)
+    assert np.array_equal(b.labels, a.labels[30:]) and np.array_equal(b.images, a.images[30:])
+    with pytest.raises(UsageError, match="classes"):
+        generate(Conditional(), 4, 0, cfg, classes=np.array([7]))

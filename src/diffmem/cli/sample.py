@@ -81,6 +81,7 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     from diffmem.data import load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser
+    from diffmem.sample.generate import present_classes
 
     train, classes = load_dataset(args.optimal)
     if args.unconditional:
@@ -90,7 +91,8 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     denoiser = OptimalDenoiser(train.images, train.labels if classes > 0 else None, label_dim=classes, dtype=dtype,
                                device=device)
     kind = f"{classes} classes" if classes else "unconditional"
-    return denoiser, f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype}, {device})"
+    what = f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype}, {device})"
+    return denoiser, what, present_classes(train.labels) if classes > 0 else None
 
 
 def _trained(args: argparse.Namespace, cfg: SampleConfig):
@@ -128,14 +130,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype != "float64" and args.optimal is None:
         raise UsageError(f"--dtype: {args.dtype!r} applies to --optimal only; a trained model computes in its own "
                          "dtype")
-    denoiser, what = _optimal(args, cfg) if args.optimal is not None else _trained(args, cfg)
+    denoiser, what, classes = _optimal(args, cfg) if args.optimal is not None else (*_trained(args, cfg), None)
     label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
     if args.label is not None and not 0 <= args.label < label_dim:
         expected = f"0..{label_dim - 1}" if label_dim else "no --label (the denoiser is unconditional)"
         raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
 
     t0 = time.perf_counter()
-    samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, progress=sys.stderr.isatty())
+    if args.label is not None and classes is not None and args.label not in classes:
+        raise UsageError(f"--label: {args.label} is not valid; class {args.label} has no training image in "
+                         f"{args.optimal} (classes present: {classes.tolist()[:20]})")
+    samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, classes=classes,
+                       progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     save_image_set(args.out, samples)
 

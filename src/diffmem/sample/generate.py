@@ -67,13 +67,15 @@ def sample_seeds(
     cfg: SampleConfig = DEFAULT_CONFIG,
     *,
     labels: torch.Tensor | None = None,
+    classes: torch.Tensor | None = None,
     callback=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One batch: the float64 final states (model scale) of the samples with these seeds, and their labels.
 
-    Sample k's initial noise, label (drawn uniformly from ``denoiser.label_dim`` classes unless
-    ``labels`` is given) and churn noise all come from a generator seeded with ``seeds[k]``, in that
-    order, so the result for one seed does not depend on the other seeds in the batch.
+    Sample k's initial noise, label (drawn uniformly from ``classes``, by default all
+    ``denoiser.label_dim`` classes, unless ``labels`` is given) and churn noise all come from a
+    generator seeded with ``seeds[k]``, in that order, so the result for one seed does not depend on
+    the other seeds in the batch.
     """
     check_sample_config(cfg)
     shape = _image_shape(denoiser)
@@ -84,7 +86,8 @@ def sample_seeds(
     x = noise.randn(shape, device=device) * float(sigmas[0])
     label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
     if label_dim > 0:
-        drawn = noise.randint(label_dim)
+        pool = torch.arange(label_dim) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
+        drawn = pool[noise.randint(len(pool))]
         labels = drawn if labels is None else torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
         if labels.shape[0] != len(noise):
             raise UsageError(f"labels: {labels.shape[0]} labels for {len(noise)} samples; expected one per sample")
@@ -108,6 +111,7 @@ def generate(
     cfg: SampleConfig = DEFAULT_CONFIG,
     *,
     labels: np.ndarray | torch.Tensor | int | None = None,  # per-sample labels, one label for all, or None (drawn)
+    classes: np.ndarray | torch.Tensor | None = None,        # classes drawn labels come from; None = all label_dim
     progress: bool = False,                                  # tqdm bar on stderr (per denoiser step)
 ) -> ImageSet:
     """``n`` samples with seeds ``seed + arange(n)`` in batches of ``cfg.batch``, quantised to uint8.
@@ -135,6 +139,11 @@ def generate(
     elif labels is not None:
         log.info("labels ignored: the denoiser is unconditional (label_dim=0)")
         labels = None
+    if classes is not None and label_dim > 0:
+        classes = torch.as_tensor(np.asarray(classes), dtype=torch.int64).reshape(-1)
+        if classes.numel() == 0 or int(classes.min()) < 0 or int(classes.max()) >= label_dim:
+            raise UsageError(f"classes: {classes.tolist()[:8]} is not valid; expected a non-empty list of labels "
+                             f"in 0..{label_dim - 1} (the denoiser's label_dim)")
     seeds = int(seed) + np.arange(n, dtype=np.int64)
     images = np.empty((n, *shape), dtype=np.uint8)
     out_labels = np.full(n, -1, dtype=np.int64)
@@ -147,7 +156,7 @@ def generate(
         for b in range(n_batches):
             lo, hi = b * cfg.batch, min(n, (b + 1) * cfg.batch)
             x0, lab = sample_seeds(denoiser, seeds[lo:hi], cfg, labels=None if labels is None else labels[lo:hi],
-                                   callback=lambda *_: bar.update(1))
+                                   classes=classes, callback=lambda *_: bar.update(1))
             images[lo:hi] = to_uint8(x0).cpu().numpy()
             if lab is not None:
                 out_labels[lo:hi] = lab.numpy()
@@ -155,3 +164,15 @@ def generate(
     finally:
         bar.close()
     return ImageSet(images=images, labels=out_labels, seeds=seeds)
+
+
+def present_classes(labels: np.ndarray | None) -> np.ndarray | None:
+    """The sorted labels that occur in a training set (−1 = unlabeled is left out); None when none do.
+
+    Conditional samples are drawn over these, so a class that has no training image (possible with
+    random labels on a small set) is never asked for.
+    """
+    if labels is None:
+        return None
+    present = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
+    return present if present.size else None

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from diffmem.artefacts import (
     atomic_write_json,
     config_hash,
@@ -102,16 +100,6 @@ def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[st
     }
 
 
-def _sample_labels(train_labels: np.ndarray | None, label_classes: int, n: int, seed: int):
-    """Labels for conditional sampling: drawn from the training labels (so their frequencies match)."""
-    if label_classes <= 0 or train_labels is None:
-        return None
-    import torch
-
-    rng = np.random.default_rng(seed)
-    return torch.as_tensor(train_labels[rng.integers(0, len(train_labels), size=n)], dtype=torch.long)
-
-
 def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any]) -> dict[str, Any]:
     """Measure ``samples`` against ``train_set``: ``final/measurement/`` (summary, table, figures),
     ``final/samples.npz``, and last the manifest that marks ``final`` complete."""
@@ -141,6 +129,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.data import build_dataset, load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser, generate
+    from diffmem.sample.generate import present_classes
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
 
@@ -154,7 +143,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
 
     data_dir = build_dataset(data_cfg, directory / "dataset")
     train_set, label_classes = load_dataset(data_dir)
-    labels = _sample_labels(train_set.labels, label_classes, n, seed)
+    classes = present_classes(train_set.labels) if label_classes else None
     rows: list[dict[str, Any]] = []
 
     if c.get("optimal"):
@@ -165,7 +154,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
             D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
                                 label_dim=label_classes, device=resolve_device(sample_cfg.device))
-            samples = generate(D, n, seed, sample_cfg, labels=labels)
+            samples = generate(D, n, seed, sample_cfg, classes=classes)
             summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what)
         rows.append(_row("optimal", spec, None, summary))
 
@@ -181,7 +170,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
         if summary is None:
             log.info("job %s: sampling snapshot %.3f kimg (%d samples)", spec.dirname, kimg, n)
             D, _ = load_denoiser(path, device=str(resolve_device(sample_cfg.device)))
-            samples = generate(D, n, seed, sample_cfg, labels=labels)
+            samples = generate(D, n, seed, sample_cfg, classes=classes)
             summary = _measure_into(final, samples, train_set, measure_cfg, what)
         rows.append(_row("train", spec, float(kimg), summary))
     return rows
