@@ -60,6 +60,15 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_rows(spec)
         synthetic.synthetic_rows = synthetic_rows
+    elif kind == "trainjob":
+        import diffmem.sweep.jobs as jobs
+        real_job = jobs._train_job
+
+        def _train_job(spec, directory):
+            if hit():
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_job(spec, directory)
+        jobs._train_job = _train_job
     from diffmem.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -176,6 +185,36 @@ def test_emm_killed_mid_plan_reuses_finished_jobs(tmp_path):
     ref = json.loads((whole / "emm.json").read_text())
     keys = ("points", "bracket", "emm", "ci")
     assert [summary[k] for k in keys] == [ref[k] for k in keys]
+
+
+@pytest.mark.slow
+def test_study_killed_mid_plan_reuses_finished_trainings(tmp_path):
+    """SIGKILL `diffmem study` (real tiny trainings) as its second training job starts, then rerun: the
+    first value's job is read back untouched and the results table equals an uninterrupted study's."""
+    import dataclasses
+
+    from diffmem.config import to_dict
+    from test_emm_e2e import TINY
+
+    base = to_dict(dataclasses.replace(TINY, sizes=(8,), optimal=False))
+    cfg = tmp_path / "study.json"
+    cfg.write_text(json.dumps({"name": "w", "mode": "ratio", "factors": {"model.channels": [4, 8]}, "base": base}))
+    args = ["--config", str(cfg), "--no-report", "--json"]
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    assert _child(tmp_path, ["study", "--out", str(whole), *args]).returncode == 0
+
+    r = _child(tmp_path, ["study", "--out", str(out), *args], ("trainjob", 2))
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in (out / "jobs").glob("*/manifest.json")}
+    done = [name for name, m in manifests.items() if m["status"] == "complete"]
+    assert len(done) == 1 and not (out / "study.json").exists()
+    mtime = (out / "jobs" / done[0] / "manifest.json").stat().st_mtime_ns
+
+    r = _child(tmp_path, ["study", "--out", str(out), *args])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n_trainings"] == 2
+    assert (out / "jobs" / done[0] / "manifest.json").stat().st_mtime_ns == mtime
+    assert _table(out) == _table(whole)
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
