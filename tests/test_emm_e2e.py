@@ -24,19 +24,8 @@ TINY = EMMConfig(
 )
 
 
-@pytest.fixture
-def one_thread():
-    """A model this small gains nothing from a second thread, and loses much when the cores are busy."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
-def test_tiny_emm_end_to_end(tmp_path, one_thread):
+def test_tiny_emm_end_to_end(tmp_path):
     cfg_path = tmp_path / "emm.json"
     cfg_path.write_text(json.dumps(to_dict(TINY)))
     out = tmp_path / "emm"

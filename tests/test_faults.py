@@ -93,14 +93,6 @@ def data16(tmp_path_factory):
     return p
 
 
-@pytest.fixture
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _assert_whole(run):
     """Every file a reader would pick up (no leading dot) is complete and readable."""
     from diffmem.train.checkpoints import SNAPSHOT_FORMAT, STATE_FORMAT, _read
@@ -119,7 +111,7 @@ def _stats(run):
 
 
 @pytest.mark.slow
-def test_train_killed_at_seeded_points_resumes_bit_identical(data16, tmp_path, _one_thread):
+def test_train_killed_at_seeded_points_resumes_bit_identical(data16, tmp_path):
     """SIGKILL `diffmem train` five times (during steps and inside checkpoint writes), then finish: the
     final weights, EMA, optimizer state and logged losses equal those of one uninterrupted run."""
     rng = np.random.default_rng(8)
@@ -302,8 +294,7 @@ def test_read_only_out_directory(data16, tmp_path, capsys):
         ro.chmod(0o755)
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_last_whole_state(data16, tmp_path, capsys, monkeypatch,
-                                                                  _one_thread):
+def test_disk_full_during_a_checkpoint_keeps_the_last_whole_state(data16, tmp_path, capsys, monkeypatch):
     """ENOSPC inside the third file write of a run: exit 1 with one line, no temporary file left."""
     import errno
 
@@ -327,8 +318,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_whole_state(data16, tmp_pa
     assert (run / "final.safetensors").is_file()
 
 
-def test_non_finite_loss_stops_with_the_step_and_the_last_good_state(data16, tmp_path, capsys, monkeypatch,
-                                                                     _one_thread):
+def test_non_finite_loss_stops_with_the_step_and_the_last_good_state(data16, tmp_path, capsys, monkeypatch):
     import diffmem.train.loop as loop
 
     real, calls = loop.per_sample_loss, []

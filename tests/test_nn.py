@@ -14,16 +14,6 @@ from diffmem.nn.layers import PositionalEmbedding, Resample
 from diffmem.nn.precond import PRECONDITIONERS
 from diffmem.train.losses import loss_weight, sample_sigma
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = ModelConfig(resolution=8, in_channels=1, channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
                    dropout=0.0, precond="edm")
 SIGMAS = np.array([0.002, 0.02, 0.3, 1.0, 5.0, 80.0])

@@ -17,16 +17,6 @@ from diffmem.config import SampleConfig
 from diffmem.errors import UsageError
 from diffmem.sample import SeedNoise, edm_sigmas, euler, generate, heun, sample_seeds, schedule_for
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids thread hand-off costs on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MU = np.array([0.5, -1.0, 2.0, 0.0])
 LAMBDA = np.array([0.05, 0.3, 1.0, 2.5])  # eigenvalues of Σ
 

@@ -10,15 +10,6 @@ from diffmem.cli import main
 from diffmem.io import load_npz
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids thread hand-off costs on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits_npz(tmp_path_factory):
     from sklearn.datasets import load_digits

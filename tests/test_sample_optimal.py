@@ -13,16 +13,6 @@ from diffmem.config import SampleConfig
 from diffmem.errors import UsageError
 from diffmem.sample import OptimalDenoiser, generate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids thread hand-off costs on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SIGMAS = [0.002, 0.01, 0.1, 0.5, 2.0, 10.0, 80.0]
 
 

@@ -17,16 +17,6 @@ from diffmem.train.checkpoints import save_denoiser
 from diffmem.train.dataset import DataOrder, load_training_data
 from diffmem.train.ema import ema_beta
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MODEL = ModelConfig(channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm")
 TRAIN = TrainConfig(kimg=0.048, batch=8, lr=2e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
                     snapshot_kimg=0.016, log_kimg=0.008, device="cpu")
