@@ -7,14 +7,13 @@ of step s are known from s alone: resuming and DDP need no hidden sampler state.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from diffmem.artefacts import MANIFEST, array_hash
+from diffmem.artefacts import array_hash
 from diffmem.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -31,42 +30,21 @@ class TrainingData:
         return int(self.images.shape[0])
 
 
-def _manifest_label_classes(path: Path) -> int | None:
-    try:
-        m = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    v = m.get("label_classes") if isinstance(m, dict) else None
-    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def load_training_data(path: str | Path) -> TrainingData:
     """Images and labels of a dataset artefact (or any image set ``diffmem.io.load_images`` reads).
 
     The model is conditional iff the data has labels: ``label_classes`` > 0 in the manifest, or, where
     no manifest says so, labels ≥ 0 (then max(label) + 1 classes).
     """
-    path = Path(path)
-    try:
-        from diffmem.data import load_dataset  # the dataset artefact reader, when installed
-    except ImportError:
-        load_dataset = None
-    if load_dataset is not None:
-        s, label_classes = load_dataset(path)
-    else:
-        from diffmem.io import load_images
+    from diffmem.data import load_dataset
 
-        s = load_images(path)
-        label_classes = _manifest_label_classes(path) if path.is_dir() else None
+    path = Path(path)
+    s, label_classes = load_dataset(path)
     images, labels = s.images, s.labels
     n, c, h, w = images.shape
     if h != w:
         raise UsageError(f"--data: {path} holds {h}×{w} images; expected square images")
-    label_dim = 0
-    if label_classes is not None and label_classes > 0:
-        label_dim = label_classes
-    elif label_classes is None and labels is not None and (labels >= 0).any():
-        label_dim = int(labels.max()) + 1
+    label_dim = int(label_classes)
     if label_dim:
         if labels is None or labels.min() < 0 or labels.max() >= label_dim:
             bad = "none" if labels is None else f"{int(labels.min())}..{int(labels.max())}"
