@@ -24,14 +24,6 @@ def parse_fraction(text: str, option: str) -> float:
         raise UsageError(f"{option}: {text!r} is not valid; expected a number such as 1/3 or 0.5") from e
 
 
-def progress(total: int | float | None, desc: str, unit: str = "it", disable: bool | None = None):
-    """A tqdm progress bar on stderr (hidden when stderr is not a terminal unless forced)."""
-    from tqdm.auto import tqdm
-
-    if disable is None:
-        disable = not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True,
-                leave=False)
 
 
 def not_built(name: str) -> int:

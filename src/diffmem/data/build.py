@@ -16,7 +16,6 @@ downsampled to the target resolution; when either is unlabeled the two are poole
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from diffmem.data.sources import Source, load_source
 from diffmem.data.subsets import assign_labels, priority_order
 from diffmem.errors import UsageError
 from diffmem.io import ImageSet, load_images, load_npz, save_image_set
+from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,7 @@ def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
 def _bar(total: int, desc: str):
     if total <= 0:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+    return progress_bar(total, desc, "img")
 
 
 def build_dataset(cfg: DataConfig, out: str | Path, *, progress: bool = False) -> Path:

@@ -111,9 +111,9 @@ def fast_candidates(
     out_score = np.empty((n, k), np.float32)
     bar = None
     if progress:
-        from diffmem.cli.common import progress as make_bar
+        from diffmem.progress import progress_bar
 
-        bar = make_bar(-(-n // nq) * scorer.n_blocks(), "nearest-neighbour blocks", "block")
+        bar = progress_bar(-(-n // nq) * scorer.n_blocks(), "nearest-neighbour blocks", "block")
     with full_precision(), torch.inference_mode():
         for i in range(0, n, nq):
             q = _as_float32(torch.from_numpy(queries[i:i + nq]).to(device))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from diffmem.config import SampleConfig
 from diffmem.devices import resolve_device
 from diffmem.errors import UsageError
 from diffmem.io import ImageSet, to_uint8
+from diffmem.progress import progress_bar
 from diffmem.sample.noise import SEED_MAX, SeedNoise
 from diffmem.sample.schedule import schedule_for
 from diffmem.sample.solvers import SOLVERS
@@ -148,10 +148,8 @@ def generate(
     images = np.empty((n, *shape), dtype=np.uint8)
     out_labels = np.full(n, -1, dtype=np.int64)
     n_batches = -(-n // cfg.batch)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n_batches * cfg.steps, desc=f"sampling {n} images ({n_batches} batches × {cfg.steps} steps)",
-               unit="step", file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(n_batches * cfg.steps, f"sampling {n} images ({n_batches} batches × {cfg.steps} steps)",
+                       "step", enabled=progress)
     try:
         for b in range(n_batches):
             lo, hi = b * cfg.batch, min(n, (b + 1) * cfg.batch)

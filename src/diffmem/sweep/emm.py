@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, to_jsonable, write_manifest
 from diffmem.config import EMMConfig, to_dict
 from diffmem.errors import UsageError
+from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
 from diffmem.sweep.jobs import JobSpec
@@ -149,8 +149,6 @@ def run_emm(
 def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend: Backend | None,
          jobs_root: str | Path | None, synthetic: SyntheticCurve | None, progress: bool,
          on_job: Callable[[JobSpec, bool], None] | None) -> EMMResult:
-    from tqdm.auto import tqdm
-
     jobs_root = Path(jobs_root) if jobs_root is not None else out / "jobs"
     atomic_write_json(out / "config.json", to_dict(cfg))
     write_manifest(out, EMM_STAGE, ident, status="running", jobs_root=os.path.relpath(jobs_root, out))
@@ -165,7 +163,7 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
                                                                cfg.bracket_factor) + 2 * cfg.measure_ends)
     bound *= cfg.repeats
-    bar = tqdm(total=bound, desc="emm jobs", unit="job", file=sys.stderr, disable=not progress, leave=False)
+    bar = progress_bar(bound, "emm jobs", "job", enabled=progress)
 
     def done(spec: JobSpec, rows: list[dict[str, Any]], reused: bool) -> None:
         nonlocal trained_now

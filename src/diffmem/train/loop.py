@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from diffmem.devices import resolve_device
 from diffmem.errors import RunError, UsageError
 from diffmem.io import to_model_scale
 from diffmem.nn import build_denoiser, validate_model_config
+from diffmem.progress import progress_bar
 from diffmem.train import distributed as dist
 from diffmem.train.checkpoints import (
     FINAL_FILE,
@@ -210,9 +210,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     log_kimg = train.log_kimg or max(B, total_steps * B // 100) / 1000
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total_steps, "train", "step", enabled=True, initial=step, leave=True)
 
     def checkpoint(snapshot: bool) -> None:
         bad = [n for n, p in net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
