@@ -96,7 +96,7 @@ def print_result(res, out: Path, file=None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffmem.artefacts import to_jsonable
-    from diffmem.sweep import make_backend, run_emm
+    from diffmem.sweep import run_emm
     from diffmem.sweep.search import max_measurements
     from diffmem.sweep.synthetic import SyntheticCurve
 
@@ -120,16 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
             raise bad("--synthetic", args.synthetic, "a positive EMM (a number of training images)")
         synthetic = SyntheticCurve(emm=args.synthetic, threshold=1 - cfg.epsilon)
-    backend = make_backend(args.backend, args.ray_address)
-    try:
-        res = run_emm(cfg, out, backend=backend, synthetic=synthetic, progress=sys.stderr.isatty())
-    finally:
-        backend.close()
-    report = None
-    if not args.no_report:
-        from diffmem.report import render_report
-
-        report = render_report(out)
+    res, report = run_sweep(args, out, lambda backend: run_emm(cfg, out, backend=backend, synthetic=synthetic,
+                                                              progress=sys.stderr.isatty()))
     if args.json:
         print_json(res.summary())
     else:
@@ -137,3 +129,21 @@ def run(args: argparse.Namespace) -> int:
         if report:
             sys.stdout.write(f"report: {report}\n")
     return 0
+
+
+def run_sweep(args: argparse.Namespace, out: Path, go):
+    """``go(backend)`` on the backend the options name (closed whatever happens), then the report
+    unless ``--no-report``; returns the result and the report's path (or None)."""
+    from diffmem.sweep import make_backend
+
+    backend = make_backend(args.backend, args.ray_address)
+    try:
+        res = go(backend)
+    finally:
+        backend.close()
+    report = None
+    if not args.no_report:
+        from diffmem.report import render_report
+
+        report = render_report(out)
+    return res, report

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from diffmem.cli.common import print_json
-from diffmem.cli.emm import add_run_arguments, fmt_size
+from diffmem.cli.emm import add_run_arguments, fmt_size, run_sweep
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
 EXAMPLES = """\
@@ -25,21 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffmem.config import StudyConfig, load_json_config
-    from diffmem.sweep import make_backend
     from diffmem.sweep.study import run_study
 
     cfg = load_json_config(StudyConfig, args.config)
     out = Path(args.out)
-    backend = make_backend(args.backend, args.ray_address)
-    try:
-        res = run_study(cfg, out, backend=backend, progress=sys.stderr.isatty())
-    finally:
-        backend.close()
-    report = None
-    if not args.no_report:
-        from diffmem.report import render_report
-
-        report = render_report(out)
+    res, report = run_sweep(args, out, lambda backend: run_study(cfg, out, backend=backend,
+                                                                progress=sys.stderr.isatty()))
     if args.json:
         print_json(res.summary())
         return 0
