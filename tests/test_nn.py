@@ -28,7 +28,7 @@ def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def _closed_forms(precond: str, s: np.ndarray, cfg: ModelConfig):
-    """Karras et al. 2022, Table 1, in float64 NumPy."""
+    """EDM paper 2022, Table 1, in float64 NumPy."""
     if precond == "edm":
         sd = cfg.sigma_data
         return sd**2 / (s**2 + sd**2), s * sd / np.sqrt(s**2 + sd**2), 1 / np.sqrt(s**2 + sd**2), np.log(s) / 4
@@ -79,7 +79,7 @@ def test_vp_schedule_and_sigma_range():
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
 def test_loss_weight_makes_effective_weight_one(precond):
-    # λ(σ)·c_out(σ)² = 1 for all three (Karras et al. 2022, §5: unit effective weight)
+    # λ(σ)·c_out(σ)² = 1 for all three (EDM paper 2022, §5: unit effective weight)
     cfg = dataclasses.replace(TINY, precond=precond)
     s = torch.as_tensor(SIGMAS)
     c_out = _closed_forms(precond, SIGMAS, cfg)[1]

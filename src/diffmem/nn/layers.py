@@ -1,4 +1,4 @@
-"""Building blocks of the DDPM++ / NCSN++ U-Net (Song et al. 2021): resampling, embeddings, blocks.
+"""Building blocks of the DDPM++ / NCSN++ U-Net (score-SDE paper 2021): resampling, embeddings, blocks.
 
 Written from the papers' descriptions: BigGAN-style residual blocks with GroupNorm and SiLU, the
 noise embedding added inside each block, single-head self-attention, FIR resampling with a box
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SKIP_SCALE = math.sqrt(0.5)  # residual sums are scaled by 1/√2 (Song et al. 2021, §H)
+SKIP_SCALE = math.sqrt(0.5)  # residual sums are scaled by 1/√2 (score-SDE paper 2021, §H)
 
 
 def zero_init(module: nn.Module) -> nn.Module:

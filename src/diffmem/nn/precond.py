@@ -1,4 +1,4 @@
-"""Preconditioners VP, VE and EDM (Karras et al. 2022, Table 1) wrapping a backbone into D(x; σ, labels).
+"""Preconditioners VP, VE and EDM (EDM paper 2022, Table 1) wrapping a backbone into D(x; σ, labels).
 
 D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ), labels). The coefficients are computed in
 float64 and applied in the input's dtype; the backbone runs in its own parameter dtype (float32).

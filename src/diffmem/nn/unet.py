@@ -1,4 +1,4 @@
-"""The U-Net backbone F(x, c_noise, labels) of the DDPM++ / NCSN++ family (Song et al. 2021).
+"""The U-Net backbone F(x, c_noise, labels) of the DDPM++ / NCSN++ family (score-SDE paper 2021).
 
 It knows nothing about σ: the preconditioner (``precond.py``) feeds it c_in·x and c_noise. Every
 factor of the memorization study is a constructor knob (via :class:`~diffmem.config.ModelConfig`):

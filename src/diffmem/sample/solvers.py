@@ -1,4 +1,4 @@
-"""Probability-flow ODE solvers over an explicit σ schedule (EDM, Karras et al. 2022, Algorithms 1–2).
+"""Probability-flow ODE solvers over an explicit σ schedule (the EDM paper 2022, Algorithms 1–2).
 
 Both solvers are pure functions with one signature::
 

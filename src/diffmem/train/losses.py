@@ -1,4 +1,4 @@
-"""Training losses of VP, VE and EDM (Karras et al. 2022, Table 1): σ distribution and weight λ(σ).
+"""Training losses of VP, VE and EDM (EDM paper 2022, Table 1): σ distribution and weight λ(σ).
 
 Each loss is E_{σ, y, n} λ(σ) ‖D(y + σn; σ) − y‖², averaged here over pixels (so numbers are
 comparable across resolutions) and summed over the batch by the caller.
