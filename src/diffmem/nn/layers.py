@@ -72,7 +72,7 @@ class Resample(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Sinusoidal embedding of c_noise (Vaswani et al. 2017, as used by DDPM++)."""
+    """Sinusoidal embedding of c_noise (the Transformer paper 2017, as used by DDPM++)."""
 
     def __init__(self, channels: int, max_positions: int = 10_000) -> None:
         super().__init__()
@@ -86,7 +86,7 @@ class PositionalEmbedding(nn.Module):
 
 
 class FourierEmbedding(nn.Module):
-    """Random Fourier features of c_noise (Tancik et al. 2020, as used by NCSN++); frequencies are saved."""
+    """Random Fourier features of c_noise (Fourier-features paper 2020, as used by NCSN++); frequencies are saved."""
 
     def __init__(self, channels: int, scale: float = 16.0) -> None:
         super().__init__()
