@@ -295,7 +295,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # 3,000 steps of batch 64, 200 warm-up steps; EMA 0.99 (0.999 lags ~1,000 steps behind on runs this short)
     "digits": TrainConfig(
         kimg=192.0, batch=64, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99, ema_halflife_kimg=None,
-        ema_rampup_ratio=None, snapshot_kimg=48.0,
+        ema_rampup_ratio=None, snapshot_kimg=64.0,
     ),
 }
 
@@ -314,12 +314,12 @@ EMM_PRESETS: dict[str, EMMConfig] = {
     # The embedded default (`make demo`): scikit-learn's 8×8 digits, the whole EMM experiment on 2 CPU cores.
     # Training procedure (EMM is relative to it): a two-level U-Net with C=16 (8×8: 16, 4×4: 32 channels),
     # EDM preconditioning and loss, batch 64, Adam lr 2e-3, 200-step warm-up, EMA decay 0.99, 3,000 steps
-    # (192 kimg), a snapshot every 750 steps; 1,000 samples per measurement (not the reference 10,000).
+    # (192 kimg), a snapshot every 1,000 steps; 1,000 samples per measurement (not the reference 10,000).
     "digits": EMMConfig(
         data=DataConfig(source="digits"),
         model=dataclasses.replace(MODEL_PRESETS["digits"], channels=16),
         train=TrainConfig(kimg=192.0, batch=64, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99, ema_halflife_kimg=None,
-                          ema_rampup_ratio=None, snapshot_kimg=48.0),
+                          ema_rampup_ratio=None, snapshot_kimg=64.0),
         n_samples=1_000, size_min=32, size_max=1024, grid_factor=2.0, bracket_factor=1.25, measure_ends=True,
     ),
     # The reference study's basic setup for GPU users: CIFAR-10 (the python archive in the working directory),

@@ -31,10 +31,28 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
     return ema
 
 
-@torch.no_grad()
+class EMAUpdater:
+    """ema ← β·ema + (1 − β)·model for parameters, buffers copied; the tensor lists are gathered once.
+
+    One fused ``_foreach`` call per step instead of a Python loop over every tensor (and a walk of
+    the module tree): the same arithmetic as ``model.lerp(ema, β)`` per tensor, bit for bit.
+    """
+
+    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module) -> None:
+        self.ema_params = list(ema.parameters())
+        self.model_params = list(model.parameters())
+        self.ema_buffers = list(ema.buffers())
+        self.model_buffers = list(model.buffers())
+
+    @torch.no_grad()
+    def __call__(self, beta: float) -> None:
+        if self.ema_params:
+            mixed = torch._foreach_lerp([p.detach() for p in self.model_params], self.ema_params, beta)
+            torch._foreach_copy_(self.ema_params, mixed)
+        for be, bm in zip(self.ema_buffers, self.model_buffers):
+            be.copy_(bm)
+
+
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    """ema ← β·ema + (1 − β)·model for parameters; buffers are copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.copy_(pm.detach().lerp(pe, beta))
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
+    """ema ← β·ema + (1 − β)·model for parameters; buffers are copied (one-off; loops use :class:`EMAUpdater`)."""
+    EMAUpdater(ema, model)(beta)

@@ -36,7 +36,7 @@ from diffmem.train.checkpoints import (
     snapshot_name,
 )
 from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
-from diffmem.train.ema import ema_beta, make_ema, update_ema
+from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 from diffmem.train.losses import per_sample_loss, sample_sigma
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     if state_path.exists():
         step, nimg = load_state(state_path, net, ema, opt, config_hash=ident)
         log.info("resuming %s at step %d (%.3f kimg)", run, step, nimg / 1000)
+    ema_update = EMAUpdater(ema, net)
     if rank == 0:
         _truncate_stats(run / STATS_FILE, step)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
@@ -262,7 +263,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         opt.step()
         step += 1
         nimg += B
-        update_ema(ema, net, ema_beta(train, nimg, B))
+        ema_update(ema_beta(train, nimg, B))
         log_loss, log_steps = log_loss + loss_value, log_steps + 1
         if bar is not None:
             bar.update(1)
