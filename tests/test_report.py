@@ -1,5 +1,6 @@
 """Reports of EMM and study directories: numbers match the results, figures are real PNGs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -61,3 +62,16 @@ def test_study_report(tmp_path):
     for name in ("ratio_vs_size.png", "emm_vs_factor.png", "v0-ratio_vs_progress.png", "v1-ratio_vs_progress.png"):
         _png_ok(tmp_path / "st" / "figures" / name)
     assert "diffmem study --config" in md
+
+
+def test_ratio_study_report_has_ratio_against_factor(tmp_path):
+    base = dataclasses.replace(CFG, sizes=(64, 256))
+    grouped = ({"data.labels": "none", "label": "uncond"}, {"data.labels": "unique", "label": "unique"})
+    cfg = StudyConfig(base=base, mode="ratio", factors={"conditioning": grouped}, name="labels")
+    curves = {value_slug({"conditioning": g}): SyntheticCurve(emm=e, noise=False) for g, e in zip(grouped, (100, 900))}
+    run_study(cfg, tmp_path / "st", synthetic=curves)
+    render_report(tmp_path / "st")
+    md = (tmp_path / "st" / "report.md").read_text()
+    assert "## uncond" in md and "## unique" in md
+    _png_ok(tmp_path / "st" / "figures" / "ratio_vs_factor.png")
+    assert not (tmp_path / "st" / "figures" / "emm_vs_factor.png").exists()

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,56 @@ def test_study_cli_ratio_mode_end_to_end(tmp_path, capsys):
         best = max(r["ratio"] for r in rows if r["model.channels"] == str(v["factors"]["model.channels"]))
         assert v["points"][0]["ratio"] == best
     assert (tmp_path / "st" / "report.html").is_file()
+
+
+def test_base_may_name_a_preset_and_override_fields():
+    from diffmem.config import emm_preset
+
+    cfg = from_dict(StudyConfig, {"mode": "ratio", "factors": {"model.channels": [8]},
+                                  "base": {"preset": "digits", "train": {"kimg": 384}, "sizes": [128]}})
+    ref = emm_preset("digits")
+    assert cfg.base.train.kimg == 384 and cfg.base.sizes == (128,)
+    # every other field is the preset's, nested ones included
+    assert cfg.base.train.lr == ref.train.lr and cfg.base.train.batch == ref.train.batch
+    assert cfg.base.model == ref.model and cfg.base.data == ref.data and cfg.base.n_samples == ref.n_samples
+    assert from_dict(EMMConfig, {"preset": "digits"}) == ref
+    with pytest.raises(UsageError, match=r"base.preset: 'digitz' is not an EMM preset"):
+        from_dict(StudyConfig, {"base": {"preset": "digitz"}})
+    with pytest.raises(UsageError, match="unknown key 'kimgs'"):
+        from_dict(StudyConfig, {"base": {"preset": "digits", "train": {"kimgs": 1}}})
+
+
+def test_grouped_factor_sets_several_fields_and_reads_by_its_label():
+    from diffmem.sweep.study import value_label
+
+    d = {"mode": "ratio", "base": {"sizes": [64]},
+         "factors": {"conditioning": [{"data.labels": "none"},
+                                      {"data.labels": "random", "data.label_classes": 10, "label": "random K=10"}]}}
+    plan = expand(from_dict(StudyConfig, d))
+    (f0, c0), (f1, c1) = plan
+    assert (c0.data.labels, c0.data.label_classes) == ("none", None)
+    assert (c1.data.labels, c1.data.label_classes) == ("random", 10)
+    assert value_label(f0) == "labels=none" and value_label(f1) == "random K=10"
+    assert value_slug(f1) == "conditioning=random_K=10"
+    assert value_label({"model.channels": 16, "data.labels": "true"}) == "model.channels=16, data.labels=true"
+    with pytest.raises(UsageError, match="unknown key 'labelz'"):
+        expand(from_dict(StudyConfig, {**d, "factors": {"c": [{"data.labelz": "none"}]}}))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "studies").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_committed_study_configs_parse_and_expand(path, capsys):
+    """Every config under studies/ loads, expands to valid EMM configs, and dry-runs through the CLI."""
+    from diffmem.cli import main
+    from diffmem.config import load_json_config
+
+    cfg = load_json_config(StudyConfig, path)
+    plan = expand(cfg)
+    assert plan and cfg.name == path.stem
+    assert len({value_slug(f) for f, _ in plan}) == len(plan)  # one directory per value
+    for _, c in plan:
+        assert c.sizes and c.n_samples >= 1000 and c.train.kimg > 0
+    assert main(["study", "--config", str(path), "--out", "unused", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_trainings"] == sum(len(c.sizes) for _, c in plan)
+    assert not Path("unused").exists()

@@ -237,6 +237,8 @@ def from_dict(cls: type[T], d: Any, where: str = "config") -> T:
         return d
     if not isinstance(d, dict):
         raise UsageError(f"{where}: {d!r} is not valid; expected an object")
+    if cls is EMMConfig and "preset" in d:
+        d = _over_preset(d, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(d) - names)
@@ -244,6 +246,21 @@ def from_dict(cls: type[T], d: Any, where: str = "config") -> T:
         raise UsageError(f"{where}: unknown key {unknown[0]!r}; expected one of {sorted(names)}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in d.items()}
     return cls(**kwargs)
+
+
+def _over_preset(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """An EMM config dict ``{"preset": name, …}``: the preset's fields with the other keys merged over them."""
+    name = d["preset"]
+    if not isinstance(name, str) or name not in EMM_PRESETS:
+        raise UsageError(f"{where}.preset: {name!r} is not an EMM preset; expected one of {sorted(EMM_PRESETS)}")
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+
+    return merge(to_dict(EMM_PRESETS[name]), {k: v for k, v in d.items() if k != "preset"})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

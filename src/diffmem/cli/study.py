@@ -21,14 +21,18 @@ EXAMPLES = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="a StudyConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved configs of every factor value and the plan, run nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     from diffmem.config import StudyConfig, load_json_config
-    from diffmem.sweep.study import run_study
+    from diffmem.sweep.study import run_study, value_label
 
     cfg = load_json_config(StudyConfig, args.config)
     out = Path(args.out)
+    if args.dry_run:
+        return _dry_run(cfg, out, args.json)
     res, report = run_sweep(args, out, lambda backend: run_study(cfg, out, backend=backend,
                                                                 progress=sys.stderr.isatty()))
     if args.json:
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     w(f"study {cfg.name!r} ({cfg.mode} mode), factors: {', '.join(cfg.factors) or '(none)'}\n")
     for factors, r in res.values:
         e = r.estimate
-        label = ", ".join(f"{k}={v}" for k, v in factors.items()) or "base"
+        label = value_label(factors)
         ratios = ", ".join(f"|D|={p.size:,}: {p.ratio:.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}] of {p.n_samples:,}"
                            for p in r.points)
         if cfg.mode == "ratio":
@@ -52,4 +56,30 @@ def run(args: argparse.Namespace) -> int:
       f"results: {out / 'results.csv'}\n")
     if report:
         w(f"report: {report}\n")
+    return 0
+
+
+def _dry_run(cfg, out: Path, as_json: bool) -> int:
+    """The resolved config of every factor value and the number of trainings (at most, for mode emm)."""
+    from diffmem.artefacts import to_jsonable
+    from diffmem.sweep.search import max_measurements
+    from diffmem.sweep.study import expand, value_label
+
+    values = []
+    for factors, c in expand(cfg):
+        n = len(c.sizes) if c.sizes else max_measurements(c.size_min, c.size_max, c.grid_factor,
+                                                          c.bracket_factor) + 2 * c.measure_ends
+        values.append({"value": value_label(factors), "max_trainings": n * c.repeats, "config": to_jsonable(c)})
+    total = sum(v["max_trainings"] for v in values)
+    plan = {"name": cfg.name, "mode": cfg.mode, "out": str(out), "values": values, "max_trainings": total}
+    if as_json:
+        print_json(plan)
+        return 0
+    import json
+
+    w = sys.stdout.write
+    w(json.dumps(plan, indent=2) + "\n")
+    w(f"study {cfg.name!r} ({cfg.mode} mode): {len(values)} factor values, at most {total} trainings\n")
+    for v in values:
+        w(f"  {v['value']}: at most {v['max_trainings']} trainings\n")
     return 0

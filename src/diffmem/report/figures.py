@@ -98,6 +98,39 @@ def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Pa
     return _save(fig, path)
 
 
+def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: str, path: Path,
+                    title: str = "") -> Path:
+    """Memorization ratio against the factor's value (categorical axis), one series per fixed size."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels = [v["label"] for v in values]
+    sizes = sorted({p["size"] for v in values for p in v["points"]})
+    width = 0.5 / max(1, len(sizes))
+    for j, size in enumerate(sizes):
+        xs, ys, lo, hi = [], [], [], []
+        for x, v in enumerate(values):
+            for p in v["points"]:
+                if p["size"] == size:
+                    xs.append(x + (j - (len(sizes) - 1) / 2) * width)
+                    ys.append(p["ratio"])
+                    lo.append(p["ratio"] - p["ci"][0])
+                    hi.append(p["ci"][1] - p["ratio"])
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, ls="-" if len(values) > 1 else "",
+                    label=f"|D| = {size:,}")
+    ax.axhline(threshold, color="k", lw=0.8, ls="--")
+    ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    ax.set_xticks(range(len(values)), labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0,
+                  fontsize=8)
+    ax.set_xlabel(factor)
+    ax.set_ylabel("memorization ratio (fraction of samples)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> Path:
     """EMM against the factor's value with its interval (bracket shown where there is no estimate)."""
     plt = _pyplot()

@@ -17,6 +17,7 @@ from typing import Any
 from diffmem.artefacts import atomic_write_text, read_manifest
 from diffmem.errors import UsageError
 from diffmem.report import figures
+from diffmem.sweep.study import value_label
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) | ("code", text)
 
@@ -117,13 +118,18 @@ def study_blocks(directory: Path, figdir: Path) -> list[Block]:
     curves, values = [], []
     blocks: list[Block] = [("h", 1, f"Study {s['name']} — factors {', '.join(s['factors']) or '(none)'}")]
     for v in s["values"]:
-        label = ", ".join(f"{k}={val}" for k, val in v["factors"].items()) or "base"
+        label = value_label(v["factors"])
         curves.append({"label": label, "points": v["points"], "emm": v["emm"], "ci": v["ci"],
                        "optimal": v.get("optimal")})
         values.append({"label": label, **v})
     f1 = figures.ratio_vs_size(curves, t, figdir / "ratio_vs_size.png", title=s["name"])
     blocks.append(("img", f1.relative_to(directory), "Memorization ratio against |D| per factor value, the 90 % "
                                                      "line and each value's EMM (dotted, interval shaded)"))
+    if s["mode"] == "ratio":
+        f3 = figures.ratio_vs_factor(values, t, ", ".join(s["factors"]), figdir / "ratio_vs_factor.png",
+                                     title=s["name"])
+        blocks.append(("img", f3.relative_to(directory), "Memorization ratio against the factor's value at each "
+                                                         "fixed size (95 % intervals) and the 90 % line"))
     if s["mode"] == "emm":
         f2 = figures.emm_vs_factor(values, ", ".join(s["factors"]), figdir / "emm_vs_factor.png")
         blocks.append(("img", f2.relative_to(directory), "EMM against the factor's value with its 95 % interval"))

@@ -8,7 +8,11 @@ Directory of a study::
     values/<v>/   one EMM directory per value        jobs/           the jobs, shared by all values
 
 A factor is any dotted field of the EMM config (``model.channels``, ``data.labels``,
-``train.ema_decay``, …). ``train.batch`` scales the learning rate with it (lr × batch / base batch)
+``train.ema_decay``, …), or a free name whose values are objects of dotted fields set together
+(``"conditioning": [{"data.labels": "none"}, {"data.labels": "random", "data.label_classes": 10}]``;
+an optional ``"label"`` key names the value in tables and figures).
+``base`` may name an EMM preset (``{"preset": "digits", "train": {"kimg": 256}}``): its fields with the
+given ones merged over them. ``train.batch`` scales the learning rate with it (lr × batch / base batch)
 unless ``train.lr`` is a factor too, as the reference study did.
 """
 
@@ -55,7 +59,16 @@ def value_slug(factors: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 
 
+def value_label(factors: dict[str, Any]) -> str:
+    """How one combination of factor values reads in tables and figures (a grouped value by itself)."""
+    return ", ".join(_fmt(v) if isinstance(v, dict) else f"{k}={_fmt(v)}" for k, v in factors.items()) or "base"
+
+
 def _fmt(v: Any) -> str:
+    if isinstance(v, dict):  # a grouped value: {"data.labels": "random", "data.label_classes": 10[, "label": …]}
+        if "label" in v:
+            return str(v["label"])
+        return "+".join(f"{k.rsplit('.', 1)[-1]}={_fmt(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(x) for x in v) or "none"
     return str(v).lower() if isinstance(v, bool) or v is None else str(v)
@@ -78,7 +91,10 @@ def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
         factors = dict(zip(names, combo))
         emm_cfg = cfg.base
         for name, value in factors.items():
-            emm_cfg = replace_path(emm_cfg, name, value)
+            # a factor's value is a field value, or an object of dotted fields set together (a grouped factor)
+            fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+            for path, v in fields.items():
+                emm_cfg = replace_path(emm_cfg, path, v)
         if "train.batch" in factors and "train.lr" not in factors:  # batch size with lr scaled
             lr = cfg.base.train.lr * emm_cfg.train.batch / cfg.base.train.batch
             emm_cfg = dataclasses.replace(emm_cfg, train=dataclasses.replace(emm_cfg.train, lr=lr))
