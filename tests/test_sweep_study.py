@@ -129,7 +129,7 @@ def test_grouped_factor_sets_several_fields_and_reads_by_its_label():
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "studies").glob("*.json")),
                          ids=lambda p: p.name)
-def test_committed_study_configs_parse_and_expand(path, capsys):
+def test_committed_study_configs_parse_and_expand(path, capsys, tmp_path):
     """Every config under studies/ loads, expands to valid EMM configs, and dry-runs through the CLI."""
     from diffmem.cli import main
     from diffmem.config import load_json_config
@@ -140,7 +140,34 @@ def test_committed_study_configs_parse_and_expand(path, capsys):
     assert len({value_slug(f) for f, _ in plan}) == len(plan)  # one directory per value
     for _, c in plan:
         assert c.sizes and c.n_samples >= 1000 and c.train.kimg > 0
-    assert main(["study", "--config", str(path), "--out", "unused", "--dry-run", "--json"]) == 0
+    assert main(["study", "--config", str(path), "--out", str(tmp_path / "st"), "--dry-run", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["max_trainings"] == sum(len(c.sizes) for _, c in plan)
-    assert not Path("unused").exists()
+    assert [v["config"]["train"]["kimg"] for v in out["values"]] == [c.train.kimg for _, c in plan]
+    assert not (tmp_path / "st").exists()  # a dry run writes nothing
+
+
+def test_grouped_values_scale_lr_refuse_collisions_and_empty_groups():
+    base = {"sizes": [64], "train": {"batch": 128, "lr": 1e-3}}
+    d = {"mode": "ratio", "base": base,
+         "factors": {"recipe": [{"train.batch": 256, "label": "b256"}, {"train.batch": 256, "train.lr": 5e-4}]}}
+    (_, scaled), (_, fixed) = expand(from_dict(StudyConfig, d))
+    assert scaled.train.lr == pytest.approx(2e-3) and fixed.train.lr == 5e-4  # lr named in the group: kept
+    clash = {**d, "factors": {"g": [{"data.seed": 1}, {"train.seed": 1}]}}
+    with pytest.raises(UsageError, match=r"'seed=1' and 'seed=1' would share the directory values/g=seed=1"):
+        expand(from_dict(StudyConfig, clash))
+    with pytest.raises(UsageError, match=r"factors.g: \{'label': 'x'\} is not valid; expected an object of at"):
+        expand(from_dict(StudyConfig, {**d, "factors": {"g": [{"label": "x"}]}}))
+
+
+def test_study_dry_run_text_names_every_value(tmp_path, capsys):
+    from diffmem.cli import main
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"name": "w", "mode": "ratio", "factors": {"model.channels": [8, 16]},
+                                "base": {"preset": "digits", "sizes": [64, 128]}}))
+    assert main(["study", "--config", str(path), "--out", str(tmp_path / "st"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "study 'w' (ratio mode): 2 factor values, at most 4 trainings" in text
+    assert "model.channels=8: at most 2 trainings" in text and "model.channels=16: at most 2 trainings" in text
+    assert not (tmp_path / "st").exists()

@@ -15,7 +15,7 @@ from diffmem.nn import build_denoiser
 from diffmem.train import list_snapshots, load_denoiser, train
 from diffmem.train.checkpoints import save_denoiser
 from diffmem.train.dataset import DataOrder, load_training_data
-from diffmem.train.ema import ema_beta
+from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 
 MODEL = ModelConfig(channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm")
 TRAIN = TrainConfig(kimg=0.048, batch=8, lr=2e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
@@ -188,6 +188,29 @@ def test_ema_beta_closed_forms():
     assert ema_beta(t, 1_000_000, 512) == pytest.approx(0.5 ** (512 / 50_000))  # ramp-up: 0.05 × 1M
     assert ema_beta(t, 100_000_000, 512) == pytest.approx(0.5 ** (512 / 500_000))  # full half-life
     assert ema_beta(TrainConfig(ema_decay=None, ema_halflife_kimg=None), 1, 1) == 0.0
+
+
+def test_ema_update_matches_the_per_tensor_formula_bit_for_bit():
+    """ema ← model + β·(ema − model) for every parameter (torch's lerp), buffers copied, also after a
+    state is loaded in place into both modules (the updater keeps the same tensors)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(6, 3))
+    ema = make_ema(net)
+    update = EMAUpdater(ema, net)
+    for step, beta in enumerate((0.99, 0.5, 0.0)):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        if step == 1:  # a resumed state is loaded in place: the gathered lists still see it
+            ema.load_state_dict({k: v + 1 for k, v in ema.state_dict().items()})
+        want = [pm.detach().lerp(pe, beta) for pe, pm in zip(ema.parameters(), net.parameters())]
+        update(beta)
+        for got, w in zip(ema.parameters(), want):
+            assert torch.equal(got, w)
+        assert torch.equal(ema[1].running_mean, net[1].running_mean)
+    for pe, pm in zip(ema.parameters(), net.parameters()):  # β = 0: the EMA equals the weights
+        assert torch.equal(pe, pm)
 
 
 def test_labels_from_the_data(tmp_path):

@@ -12,7 +12,7 @@ from diffmem.cli.common import print_json
 
 HELP = "find the EMM of one recipe: the largest |D| whose memorization ratio is still ≥ 1 − ε"
 EXAMPLES = """\
-  diffmem emm --preset digits --out out/digits-emm          # the embedded default (~27 min on 2 cores)
+  diffmem emm --preset digits --out out/digits-emm          # the embedded default (~15 min on 2 cores)
   diffmem emm --config my-emm.json --out out/emm --json     # one JSON object on stdout
   diffmem emm --preset cifar10 --out out/c10 --backend ray --ray-address auto
   diffmem emm --preset digits --out out/dry --synthetic 300 # the search on a known curve, no training

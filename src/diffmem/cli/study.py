@@ -11,10 +11,12 @@ from diffmem.cli.emm import add_run_arguments, fmt_size, run_sweep
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
 EXAMPLES = """\
-  diffmem study --config studies/width.json --out out/width          # EMM per model.channels value
-  diffmem study --config studies/labels.json --out out/labels --json
-  a config: {"name": "width", "mode": "emm", "factors": {"model.channels": [16, 32, 64]},
-             "base": { ...an EMM config... }}   mode "ratio" measures base.sizes instead of searching
+  diffmem study --config studies/width.json --out out/width          # ratio per model.channels value
+  diffmem study --config studies/conditioning.json --out out/cond --json
+  diffmem study --config studies/width.json --out out/width --dry-run  # the plan, nothing run
+  a config: {"name": "width", "mode": "ratio", "factors": {"model.channels": [8, 16, 32]},
+             "base": {"preset": "digits", "sizes": [128, 256]}}
+  mode "emm" searches the EMM per value instead of measuring base.sizes; see docs/EMM.md
 """
 
 
@@ -22,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="a StudyConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved configs of every factor value and the plan, run nothing")
+                        help="print the plan (factor values, trainings) and run nothing; with --json also every "
+                             "value's resolved config")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,11 +78,9 @@ def _dry_run(cfg, out: Path, as_json: bool) -> int:
     if as_json:
         print_json(plan)
         return 0
-    import json
-
     w = sys.stdout.write
-    w(json.dumps(plan, indent=2) + "\n")
     w(f"study {cfg.name!r} ({cfg.mode} mode): {len(values)} factor values, at most {total} trainings\n")
     for v in values:
         w(f"  {v['value']}: at most {v['max_trainings']} trainings\n")
+    w("(--dry-run --json prints the resolved config of every value)\n")
     return 0

@@ -115,8 +115,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
                     ys.append(p["ratio"])
                     lo.append(p["ratio"] - p["ci"][0])
                     hi.append(p["ci"][1] - p["ratio"])
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, ls="-" if len(values) > 1 else "",
-                    label=f"|D| = {size:,}")
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, ls="", label=f"|D| = {size:,}")
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
     ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xticks(range(len(values)), labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0,

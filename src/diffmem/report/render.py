@@ -166,6 +166,11 @@ def _reproduce(directory: Path, cfg: dict[str, Any], command: str) -> list[Block
     ]
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a literal ``|`` (as in ``|D|``) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out = []
     for b in blocks:
@@ -174,8 +179,8 @@ def to_markdown(blocks: list[Block]) -> str:
         elif b[0] == "p":
             out.append(b[1])
         elif b[0] == "table":
-            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]) + "\n" +
-                       "\n".join("| " + " | ".join(r) + " |" for r in b[2]))
+            out.append("| " + " | ".join(map(_cell, b[1])) + " |\n|" + "---|" * len(b[1]) + "\n" +
+                       "\n".join("| " + " | ".join(map(_cell, r)) + " |" for r in b[2]))
         elif b[0] == "img":
             out.append(f"![{b[2]}]({b[1].as_posix()})\n\n*{b[2]}*")
         elif b[0] == "code":

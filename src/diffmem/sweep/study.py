@@ -87,17 +87,27 @@ def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
             raise UsageError(f"factors.{name}: {values!r} is not valid; expected a non-empty list of values")
     names = list(cfg.factors)
     out = []
+    seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(cfg.factors[n] for n in names)):
         factors = dict(zip(names, combo))
-        emm_cfg = cfg.base
+        emm_cfg, paths = cfg.base, set()
         for name, value in factors.items():
             # a factor's value is a field value, or an object of dotted fields set together (a grouped factor)
             fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+            if not fields:
+                raise UsageError(f"factors.{name}: {value!r} is not valid; expected an object of at least one "
+                                 "dotted field, e.g. {\"data.labels\": \"unique\"}")
             for path, v in fields.items():
                 emm_cfg = replace_path(emm_cfg, path, v)
-        if "train.batch" in factors and "train.lr" not in factors:  # batch size with lr scaled
+            paths |= set(fields)
+        if "train.batch" in paths and "train.lr" not in paths:  # batch size with lr scaled
             lr = cfg.base.train.lr * emm_cfg.train.batch / cfg.base.train.batch
             emm_cfg = dataclasses.replace(emm_cfg, train=dataclasses.replace(emm_cfg.train, lr=lr))
+        slug = value_slug(factors)
+        if slug in seen:
+            raise UsageError(f"factors: {value_label(seen[slug])!r} and {value_label(factors)!r} would share the "
+                             f"directory values/{slug}; give each value a distinct label")
+        seen[slug] = factors
         out.append((factors, emm_cfg))
     return out
 
