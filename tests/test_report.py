@@ -70,8 +70,18 @@ def test_ratio_study_report_has_ratio_against_factor(tmp_path):
     cfg = StudyConfig(base=base, mode="ratio", factors={"conditioning": grouped}, name="labels")
     curves = {value_slug({"conditioning": g}): SyntheticCurve(emm=e, noise=False) for g, e in zip(grouped, (100, 900))}
     run_study(cfg, tmp_path / "st", synthetic=curves)
+    (tmp_path / "st" / "figures").mkdir()
+    (tmp_path / "st" / "figures" / "stale.png").write_bytes(b"from an earlier rendering")
     render_report(tmp_path / "st")
+    assert not (tmp_path / "st" / "figures" / "stale.png").exists()
     md = (tmp_path / "st" / "report.md").read_text()
     assert "## uncond" in md and "## unique" in md
     _png_ok(tmp_path / "st" / "figures" / "ratio_vs_factor.png")
+    _png_ok(tmp_path / "st" / "figures" / "ratio_vs_size.png")  # two sizes: the curve per value
     assert not (tmp_path / "st" / "figures" / "emm_vs_factor.png").exists()
+    s = json.loads((tmp_path / "st" / "study.json").read_text())
+    assert "ratio at \\|D\\| = 64 (95 % interval)" in md and "ratio at \\|D\\| = 256 (95 % interval)" in md
+    for v in s["values"]:  # one table row per value with its measured ratios
+        cells = [f"{p['ratio']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" for p in v["points"]]
+        label = "uncond" if v["factors"]["conditioning"]["data.labels"] == "none" else "unique"
+        assert f"| {label} | {cells[0]} | {cells[1]} |" in md

@@ -111,6 +111,11 @@ def emm_blocks(directory: Path, figdir: Path) -> list[Block]:
     return blocks
 
 
+def _ratio_cell(v: dict[str, Any], size: int) -> str:
+    p = next((p for p in v["points"] if p["size"] == size), None)
+    return "—" if p is None else f"{p['ratio']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+
+
 def study_blocks(directory: Path, figdir: Path) -> list[Block]:
     s = _load(directory / "study.json")
     cfg = _load(directory / "config.json")
@@ -122,21 +127,28 @@ def study_blocks(directory: Path, figdir: Path) -> list[Block]:
         curves.append({"label": label, "points": v["points"], "emm": v["emm"], "ci": v["ci"],
                        "optimal": v.get("optimal")})
         values.append({"label": label, **v})
-    f1 = figures.ratio_vs_size(curves, t, figdir / "ratio_vs_size.png", title=s["name"])
-    blocks.append(("img", f1.relative_to(directory), "Memorization ratio against |D| per factor value, the 90 % "
-                                                     "line and each value's EMM (dotted, interval shaded)"))
+    sizes = sorted({p["size"] for v in values for p in v["points"]})
+    if s["mode"] == "emm" or len(sizes) > 1:
+        f1 = figures.ratio_vs_size(curves, t, figdir / "ratio_vs_size.png", title=s["name"])
+        blocks.append(("img", f1.relative_to(directory), "Memorization ratio against |D| per factor value, the 90 % "
+                                                         "line and each value's EMM (dotted, interval shaded)"))
     if s["mode"] == "ratio":
         f3 = figures.ratio_vs_factor(values, t, ", ".join(s["factors"]), figdir / "ratio_vs_factor.png",
                                      title=s["name"])
         blocks.append(("img", f3.relative_to(directory), "Memorization ratio against the factor's value at each "
                                                          "fixed size (95 % intervals) and the 90 % line"))
-    if s["mode"] == "emm":
+        blocks.append(("table", ["factor value"] + [f"ratio at |D| = {n:,} (95 % interval)" for n in sizes] +
+                       ["best snapshot (kimg)", "samples"],
+                       [[v["label"]] + [_ratio_cell(v, n) for n in sizes] +
+                        [" / ".join(f"{p['best_snapshot_kimg'] or 0:g}" for p in v["points"]),
+                         f"{max((p['n_samples'] for p in v['points']), default=0):,}"] for v in values]))
+    else:
         f2 = figures.emm_vs_factor(values, ", ".join(s["factors"]), figdir / "emm_vs_factor.png")
         blocks.append(("img", f2.relative_to(directory), "EMM against the factor's value with its 95 % interval"))
-    blocks.append(("table", ["factor value", "EMM", "95 % interval", "bracket", "trainings"],
-                   [[v["label"], _size(v["emm"]), f"[{_size(v['ci'][0])}, {_size(v['ci'][1])}]",
-                     f"[{_size(v['bracket'][0])}, {_size(v['bracket'][1])}]", str(v["n_trainings"])]
-                    for v in values]))
+        blocks.append(("table", ["factor value", "EMM", "95 % interval", "bracket", "trainings"],
+                       [[v["label"], _size(v["emm"]), f"[{_size(v['ci'][0])}, {_size(v['ci'][1])}]",
+                         f"[{_size(v['bracket'][0])}, {_size(v['bracket'][1])}]", str(v["n_trainings"])]
+                        for v in values]))
     jobs_root = directory / "jobs"
     for i, v in enumerate(values):
         sub = directory / v["dir"]
@@ -232,4 +244,8 @@ def render_report(directory: str | Path) -> Path:
     blocks = emm_blocks(directory, figdir) if m["stage"] == "emm" else study_blocks(directory, figdir)
     atomic_write_text(directory / "report.md", to_markdown(blocks))
     atomic_write_text(directory / "report.html", to_html(blocks, blocks[0][2]))
+    used = {directory / b[1] for b in blocks if b[0] == "img"}
+    for png in figdir.glob("*.png"):  # figures of an earlier rendering that this report no longer shows
+        if png not in used:
+            png.unlink()
     return directory / "report.html"
