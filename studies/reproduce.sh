@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
 # Runs the five findings of REPRODUCTION.md one after another (resumable: rerun to continue), then copies
-# each report, its figures and its tables into docs/reproduction/<name>/. Usage, from the repository root:
-#   bash studies/reproduce.sh            # all: transition, duration, width, resolution, conditioning
+# each report, its figures and its tables into docs/reproduction/<name>/. Usage:
+#   bash studies/reproduce.sh            # all: transition, duration, width, resolution(-shapes), conditioning
 #   bash studies/reproduce.sh width      # one of them
+# OUT (default out/reproduction), DOCS (default docs/reproduction) and DIFFMEM (default diffmem) override.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-out/reproduction}
 DOCS=${DOCS:-docs/reproduction}
 DIFFMEM=${DIFFMEM:-diffmem}
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(transition duration width resolution conditioning)
-mkdir -p "$OUT"
+[ ${#names[@]} -gt 0 ] || names=(transition duration width resolution resolution-shapes conditioning)
+for name in "${names[@]}"; do
+  if [ "$name" != transition ] && { [[ ! "$name" =~ ^[a-z0-9_-]+$ ]] || [ ! -f "studies/$name.json" ]; }; then
+    echo "reproduce.sh: $name is not a study; expected transition or one of: $(cd studies && ls *.json | sed 's/\.json$//' | tr '\n' ' ')" >&2
+    exit 2
+  fi
+done
+mkdir -p "$OUT" "$DOCS"
+tmp=""
+trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 for name in "${names[@]}"; do
   start=$(date +%s)
   if [ "$name" = transition ]; then  # finding 1 is the embedded default: the EMM search of the digits preset
     "$DIFFMEM" emm --preset digits --out "$OUT/$name"
-  elif [ -f "studies/$name.json" ]; then
-    "$DIFFMEM" study --config "studies/$name.json" --out "$OUT/$name"
   else
-    echo "reproduce.sh: $name is not a study; expected transition or one of studies/*.json" >&2; exit 2
+    "$DIFFMEM" study --config "studies/$name.json" --out "$OUT/$name"
   fi
   echo "$name: $(( $(date +%s) - start )) s wall (this invocation)"
-  rm -rf "$DOCS/$name.tmp" && mkdir -p "$DOCS/$name.tmp"
-  cp "$OUT/$name"/*.json "$OUT/$name/results.csv" "$OUT/$name/report.md" "$DOCS/$name.tmp/"
-  cp -r "$OUT/$name/figures" "$DOCS/$name.tmp/"
-  rm -rf "$DOCS/$name" && mv "$DOCS/$name.tmp" "$DOCS/$name"
+  tmp=$(mktemp -d "$DOCS/.$name.XXXXXX")
+  cp "$OUT/$name"/*.json "$OUT/$name/results.csv" "$OUT/$name/report.md" "$tmp/"
+  cp -r "$OUT/$name/figures" "$tmp/"
+  chmod 755 "$tmp"
+  rm -rf "${DOCS:?}/$name" && mv "$tmp" "$DOCS/$name"
+  tmp=""
 done
