@@ -24,7 +24,7 @@ from diffmem.config import MODEL_PRESETS, TRAIN_PRESETS, ModelConfig, TrainConfi
 from diffmem.io import ImageSet, save_image_set
 from diffmem.nn import build_denoiser
 from diffmem.train import train
-from diffmem.train.ema import make_ema, update_ema
+from diffmem.train.ema import EMAUpdater, make_ema
 from diffmem.train.losses import per_sample_loss, sample_sigma
 
 SHAPES = {"digits": (1, 8), "paper-basic": (3, 32)}  # (channels, resolution) of the benchmark data
@@ -33,6 +33,8 @@ SHAPES = {"digits": (1, 8), "paper-basic": (3, 32)}  # (channels, resolution) of
 def _step_fn(D, ema, opt, model: ModelConfig, t: TrainConfig, batch: int, device, precision: str):
     c, r = model.in_channels, model.resolution
     y = torch.rand(batch, c, r, r, device=device) * 2 - 1
+
+    ema_update = EMAUpdater(ema, D)
 
     def step() -> None:
         u = torch.rand(batch, device=device, dtype=torch.float64)
@@ -43,7 +45,7 @@ def _step_fn(D, ema, opt, model: ModelConfig, t: TrainConfig, batch: int, device
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        update_ema(ema, D, 0.999)
+        ema_update(0.999)
 
     return step
 

@@ -52,7 +52,3 @@ class EMAUpdater:
         for be, bm in zip(self.ema_buffers, self.model_buffers):
             be.copy_(bm)
 
-
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    """ema ← β·ema + (1 − β)·model for parameters; buffers are copied (one-off; loops use :class:`EMAUpdater`)."""
-    EMAUpdater(ema, model)(beta)
