@@ -97,21 +97,20 @@ def print_result(res, out: Path, file=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from diffmem.artefacts import to_jsonable
     from diffmem.sweep import run_emm
-    from diffmem.sweep.search import max_measurements
+    from diffmem.sweep.emm import max_trainings
     from diffmem.sweep.synthetic import SyntheticCurve
 
     cfg = resolve_config(args)
     out = Path(args.out)
     if args.dry_run:
-        bound = len(cfg.sizes) if cfg.sizes else max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
-                                                                  cfg.bracket_factor) + 2 * cfg.measure_ends
-        plan = {"config": to_jsonable(cfg), "max_trainings": bound * cfg.repeats, "out": str(out)}
+        bound = max_trainings(cfg)
+        plan = {"config": to_jsonable(cfg), "max_trainings": bound, "out": str(out)}
         if args.json:
             print_json(plan)
         else:
             import json
 
-            sys.stdout.write(json.dumps(plan, indent=2) + f"\nat most {bound * cfg.repeats} trainings\n")
+            sys.stdout.write(json.dumps(plan, indent=2) + f"\nat most {bound} trainings\n")
         return 0
     synthetic = None
     if args.synthetic is not None:

@@ -65,14 +65,12 @@ def run(args: argparse.Namespace) -> int:
 def _dry_run(cfg, out: Path, as_json: bool) -> int:
     """The resolved config of every factor value and the number of trainings (at most, for mode emm)."""
     from diffmem.artefacts import to_jsonable
-    from diffmem.sweep.search import max_measurements
+    from diffmem.sweep.emm import max_trainings
     from diffmem.sweep.study import expand, value_label
 
     values = []
     for factors, c in expand(cfg):
-        n = len(c.sizes) if c.sizes else max_measurements(c.size_min, c.size_max, c.grid_factor,
-                                                          c.bracket_factor) + 2 * c.measure_ends
-        values.append({"value": value_label(factors), "max_trainings": n * c.repeats, "config": to_jsonable(c)})
+        values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c)})
     total = sum(v["max_trainings"] for v in values)
     plan = {"name": cfg.name, "mode": cfg.mode, "out": str(out), "values": values, "max_trainings": total}
     if as_json:

@@ -126,6 +126,13 @@ def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> d
     return ident
 
 
+def max_trainings(cfg: EMMConfig) -> int:
+    """Trainings the search can need at most (all of ``sizes`` in table mode), repeats included."""
+    bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
+                                                               cfg.bracket_factor) + 2 * cfg.measure_ends)
+    return bound * cfg.repeats
+
+
 def run_emm(
     cfg: EMMConfig,
     out: str | Path,
@@ -160,10 +167,7 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     runs: dict[int, dict[int, RepeatResult]] = {}
     optimal: dict[int, float] = {}
     trained_now = 0
-    bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
-                                                               cfg.bracket_factor) + 2 * cfg.measure_ends)
-    bound *= cfg.repeats
-    bar = progress_bar(bound, "emm jobs", "job", enabled=progress)
+    bar = progress_bar(max_trainings(cfg), "emm jobs", "job", enabled=progress)
 
     def done(spec: JobSpec, rows: list[dict[str, Any]], reused: bool) -> None:
         nonlocal trained_now
