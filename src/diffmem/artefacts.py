@@ -7,20 +7,23 @@ Every artefact directory holds a ``manifest.json``::
 
 An artefact either exists whole or not at all: files are written to a temporary sibling and
 moved into place with ``os.replace``; whole directories are built in a temporary sibling
-directory and renamed (see :func:`atomic_dir`).
+directory and renamed (see :func:`atomic_dir`). Temporaries are created with the modes the
+umask allows (0644 files and 0755 directories under the usual 022), so artefacts shared on a
+file system are as readable as any other file their owner writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,10 +78,39 @@ def array_hash(a: np.ndarray, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+TMP_ATTEMPTS = 100  # random names tried before giving up (a clash is astronomically rare)
+
+
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    """A new empty temporary file beside ``path``, created with mode 0666 less the umask.
+
+    ``tempfile.mkstemp`` would create it 0600, and ``os.replace`` keeps that mode, so every artefact
+    would end up unreadable to the group whatever the umask; ``os.open`` lets the umask decide.
+    """
+    for _ in range(TMP_ATTEMPTS):
+        tmp = _tmp_name(path, suffix)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
+def _tmp_dir_sibling(path: Path) -> Path:
+    """A new empty temporary directory beside ``path``, mode 0777 less the umask (``mkdtemp`` uses 0700)."""
+    for _ in range(TMP_ATTEMPTS):
+        tmp = _tmp_name(path)
+        try:
+            tmp.mkdir(mode=0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -133,7 +165,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             raise UsageError(f"--out: {str(final)!r} exists and is not empty; choose a new directory")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        tmp = _tmp_dir_sibling(final)
     except OSError as e:
         raise RunError(f"cannot create {final}: {e.strerror or e}") from e
     try:
