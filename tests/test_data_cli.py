@@ -28,7 +28,9 @@ def test_round_trip_and_reuse(tmp_path):
     assert m["stage"] == "dataset" and m["label_classes"] == 10 and m["hashes"]["images"] == array_hash(s.images)
     assert is_complete(out, "dataset", cfg)
     with np.load(out / "dataset.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["images", "labels", "origin", "source_ids"] and z["labels"].dtype == np.int64
+        assert sorted(z.files) == ["images", "labels", "names", "origin", "source_ids"]
+        assert z["labels"].dtype == np.int64 and z["names"].dtype.kind == "U"
+        assert list(z["names"]) == [f"digits:{i}" for i in s.source_ids]  # named by the index in the source
     before = (out / "dataset.npz").stat().st_mtime_ns
     assert build_dataset(cfg, out) == out and (out / "dataset.npz").stat().st_mtime_ns == before  # reused
     with pytest.raises(UsageError, match="another config"):

@@ -1,21 +1,31 @@
-"""Image arrays on disk (DESIGN.md §2): ``.npz`` files, artefact directories and image folders.
+"""Image arrays on disk (DESIGN.md §2): ``.npz`` files, artefact directories, image folders and zips.
 
-An image set is ``images`` uint8 N×C×H×W, optional ``labels`` int64 N (−1 = unlabeled) and
-optional ``seeds`` int64 N. Loading never unpickles (``allow_pickle=False``).
+An image set is ``images`` uint8 N×C×H×W, optional ``labels`` int64 N (−1 = unlabeled), optional
+``seeds`` int64 N and optional ``names`` str N (fixed-width unicode, so it loads without pickling):
+each image's name, its relative path in the folder or zip it came from. Loading never unpickles
+(``allow_pickle=False``).
+
+Order: the files of a folder or a zip are read in natural order of their relative paths (runs of
+digits compare as numbers: ``2.png`` before ``10.png``; then plain string order), the same on every
+machine. Tables carry each image's index *and* name, so nothing depends on the order.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import typing
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from diffmem.artefacts import atomic_save_npz
+from diffmem.artefacts import atomic_save_npz, read_manifest
 from diffmem.errors import UsageError
+
+Convert = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → uint8 N×C'×H'×W' (diffmem.data.convert)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # files an artefact directory may hold its images in, in order of preference
@@ -28,6 +38,7 @@ class ImageSet:
     labels: np.ndarray | None = None  # int64 N, −1 = unlabeled
     seeds: np.ndarray | None = None  # int64 N
     source_ids: np.ndarray | None = None  # int64 N
+    names: np.ndarray | None = None  # str N: relative path in the folder or zip each image came from
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -37,9 +48,27 @@ class ImageSet:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
 
+def names_array(names: Sequence[str]) -> np.ndarray:
+    """Names as a fixed-width unicode array (saved and loaded without pickling)."""
+    a = np.asarray([str(n) for n in names], dtype=str)
+    return a if a.size else np.zeros(0, dtype="<U1")
+
+
+def default_names(n: int, seeds: np.ndarray | None = None) -> np.ndarray:
+    """Names for images that have none: ``seed-000123`` for generated samples with a seed, else ``#12``."""
+    if seeds is not None:
+        return names_array([f"seed-{int(s):06d}" if s >= 0 else f"#{i}" for i, s in enumerate(seeds)])
+    return names_array([f"#{i}" for i in range(n)])
+
+
+def image_names(s: ImageSet) -> np.ndarray:
+    """The names of an image set: its own, or :func:`default_names`."""
+    return s.names if s.names is not None else default_names(len(s), s.seeds)
+
+
 def save_image_set(path: str | os.PathLike, s: ImageSet, **extra: np.ndarray) -> None:
     arrays = {"images": s.images}
-    for k in ("labels", "seeds", "source_ids"):
+    for k in ("labels", "seeds", "source_ids", "names"):
         v = getattr(s, k)
         if v is not None:
             arrays[k] = v
@@ -88,7 +117,7 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z.files:
                 raise UsageError(f"{what}: no 'images' array (has {sorted(z.files)}); expected the diffmem npz layout")
-            arrays = {k: z[k] for k in ("images", "labels", "seeds", "source_ids") if k in z.files}
+            arrays = {k: z[k] for k in ("images", "labels", "seeds", "source_ids", "names") if k in z.files}
     except UsageError:
         raise
     except ValueError as e:
@@ -100,7 +129,13 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
         raise UsageError(f"{what}: not a readable .npz file ({e})") from e
     images = _check_images(arrays["images"], what)
     n = images.shape[0]
-    extra = {k: _int_vector(v, n, k, what) for k, v in arrays.items() if k != "images"}
+    extra = {k: _int_vector(v, n, k, what) for k, v in arrays.items() if k not in ("images", "names")}
+    if "names" in arrays:
+        names = arrays["names"]
+        if names.dtype.kind != "U" or names.shape != (n,):
+            raise UsageError(f"{what}: 'names' has dtype {names.dtype} and shape {names.shape}; expected {n} "
+                             "unicode strings (one name per image)")
+        extra["names"] = names
     return ImageSet(images=images, **extra)
 
 
@@ -130,22 +165,35 @@ def read_image_file(path: str | os.PathLike | typing.BinaryIO, name: str | None 
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key: runs of digits compare as numbers (``img2`` < ``img10``), ties broken by the plain string."""
+    parts = _DIGITS.split(name)  # text, digits, text, digits, …: same kind at the same position
+    return tuple((int(p), p) if i % 2 else p for i, p in enumerate(parts)) + (name,)
+
+
 def list_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Image files below ``folder`` in a stable (sorted) order; symlinked directories are not followed."""
+    """Image files below ``folder`` in natural order of their relative paths; symlinked directories are
+    not followed."""
     folder = Path(folder)
     out: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs.sort()
-        for name in sorted(files):
+        for name in files:
             if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
                 out.append(Path(root) / name)
         if not recursive:
             break
-    return out
+    return sorted(out, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
-def stack_images(arrays: list[np.ndarray], names: list[str], what: str) -> np.ndarray:
-    """Stack C×H×W images, refusing mixed shapes or channel counts with one clear line."""
+SHAPE_HINT = "convert them to one shape first"
+
+
+def stack_images(arrays: list[np.ndarray], names: list[str], what: str, hint: str = SHAPE_HINT) -> np.ndarray:
+    """Stack C×H×W images, refusing mixed shapes or channel counts with one clear line ending in ``hint``."""
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         first = arrays[0].shape
@@ -153,36 +201,95 @@ def stack_images(arrays: list[np.ndarray], names: list[str], what: str) -> np.nd
             if a.shape != first:
                 kind = "channels (grayscale and RGB mixed)" if a.shape[1:] == first[1:] else "sizes"
                 raise UsageError(f"{what}: images differ in {kind}: {names[0]} is {first}, {name} is {a.shape}; "
-                                 "convert them to one shape first")
+                                 f"{hint}")
     return np.stack(arrays)
 
 
-def load_image_folder(folder: str | os.PathLike) -> ImageSet:
+def read_converted(read: Callable[[], np.ndarray], convert: Convert | None) -> np.ndarray:
+    """One C×H×W image from ``read()``, passed through ``convert`` when given."""
+    a = read()
+    return a if convert is None else convert(a[None])[0]
+
+
+def _samples_manifest(folder: Path, names: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Seeds and labels of the files of a samples folder written by ``diffmem sample --out DIR/``."""
+    m = read_manifest(folder)
+    files = m.get("files") if m and m.get("stage") == "samples" else None
+    if not isinstance(files, list):
+        return None, None
+    by_name = {f.get("name"): f for f in files if isinstance(f, dict)}
+    rows = [by_name.get(str(n), {}) for n in names]
+
+    def column(key: str) -> np.ndarray | None:
+        values = [r.get(key) for r in rows]
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        return np.array(values, dtype=np.int64) if ok else None
+
+    return column("seed"), column("label")
+
+
+def load_image_folder(folder: str | os.PathLike, convert: Convert | None = None, hint: str = SHAPE_HINT) -> ImageSet:
+    """Every image below ``folder`` (natural order), named by its relative path; ``convert`` applies to each
+    image before they are stacked. A folder written by ``diffmem sample`` also gives each image its seed and
+    label (from its ``manifest.json``)."""
+    folder = Path(folder)
     files = list_image_files(folder)
     if not files:
         raise UsageError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    arrays = [read_image_file(p) for p in files]
-    images = stack_images(arrays, [str(p) for p in files], str(folder))
-    return ImageSet(images=images)
+    names = [p.relative_to(folder).as_posix() for p in files]
+    arrays = [read_converted(lambda p=p: read_image_file(p), convert) for p in files]
+    images = stack_images(arrays, names, str(folder), hint)
+    name_arr = names_array(names)
+    seeds, labels = _samples_manifest(folder, name_arr)
+    return ImageSet(images=images, names=name_arr, seeds=seeds, labels=labels)
 
 
-def load_images(path: str | os.PathLike) -> ImageSet:
-    """Load an image set from a ``.npz``, an artefact directory or an image folder."""
+def load_images(path: str | os.PathLike, convert: Convert | None = None, hint: str = SHAPE_HINT) -> ImageSet:
+    """Load an image set from a ``.npz``, an artefact directory, an image folder or an image zip.
+
+    ``path`` may carry the ``npz:``, ``folder:`` or ``zip:`` prefix of a data source; a file ending in
+    ``.zip`` is read as an image zip (plain, or EDM-style with ``dataset.json`` labels). ``convert``
+    (e.g. a :class:`diffmem.data.convert.Conversion`) is applied to every image; ``hint`` ends the
+    refusal of mixed shapes.
+    """
+    text = str(path)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("npz", "folder", "zip") and rest and not Path(text).exists():
+        path, forced = rest, kind
+    else:
+        forced = None
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{path}: no such file or directory")
+    if forced == "folder" and not p.is_dir():
+        raise UsageError(f"{text}: {str(path)!r} is not a directory; expected a folder of images")
     if p.is_file():
-        if p.suffix.lower() == ".npz":
-            return load_npz(p)
-        raise UsageError(f"{path}: unsupported file type {p.suffix!r}; expected .npz, an artefact directory "
+        if forced == "zip" or (forced is None and p.suffix.lower() == ".zip"):
+            from diffmem.data.zipfolder import read_zip_images
+
+            images, names, labels = read_zip_images(p, str(path), convert, hint)
+            return ImageSet(images=images, names=names, labels=labels)
+        if forced == "npz" or p.suffix.lower() == ".npz":
+            return _converted(load_npz(p), convert)
+        raise UsageError(f"{path}: unsupported file type {p.suffix!r}; expected .npz, .zip, an artefact directory "
                          "or an image folder")
-    for name in ARTEFACT_FILES:
-        if (p / name).is_file():
-            return load_npz(p / name)
-    npzs = sorted(p.glob("*.npz"))
-    if len(npzs) == 1 and not list_image_files(p, recursive=False):
-        return load_npz(npzs[0])
-    return load_image_folder(p)
+    if forced in ("zip", "npz"):
+        raise UsageError(f"{text}: {str(path)!r} is a directory; expected a .{forced} file")
+    if forced is None:
+        for name in ARTEFACT_FILES:
+            if (p / name).is_file():
+                return _converted(load_npz(p / name), convert)
+        npzs = sorted(p.glob("*.npz"))
+        if len(npzs) == 1 and not list_image_files(p, recursive=False):
+            return _converted(load_npz(npzs[0]), convert)
+    return load_image_folder(p, convert, hint)
+
+
+def _converted(s: ImageSet, convert: Convert | None) -> ImageSet:
+    if convert is None:
+        return s
+    return ImageSet(images=np.ascontiguousarray(convert(s.images)), labels=s.labels, seeds=s.seeds,
+                    source_ids=s.source_ids, names=s.names)
 
 
 # ----------------------------------------------------------------------------------------------

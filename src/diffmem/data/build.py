@@ -1,8 +1,10 @@
 """The dataset artefact: build it from a :class:`~diffmem.config.DataConfig`, load it back.
 
 A dataset artefact is a directory with ``dataset.npz`` (``images`` uint8 N×C×H×W, ``labels``
-int64 N (−1 = unlabeled), ``source_ids`` int64 N — each image's index in its source — and
-``origin`` uint8 N: 0 = ``--source``, 1 = ``--mix``) and ``manifest.json`` (stage ``dataset``, the
+int64 N (−1 = unlabeled), ``source_ids`` int64 N — each image's index in its source —, ``names``
+str N — each image's relative path in the folder or zip it came from, ``KIND:INDEX`` (``digits:1234``)
+for sources without file names, prefixed ``mix:`` for ``--mix`` images — and ``origin`` uint8 N:
+0 = ``--source``, 1 = ``--mix``) and ``manifest.json`` (stage ``dataset``, the
 config, content hashes, the integer ``label_classes`` and the ``duplicates`` report).
 Images are stored in priority order: for one seed, the dataset of size N₁ is the first N₁
 images of the dataset of size N₂ > N₁ (see :mod:`diffmem.data.subsets`).
@@ -29,7 +31,7 @@ from diffmem.data.resize import RESAMPLE_FILTERS, downsample
 from diffmem.data.sources import Source, load_source
 from diffmem.data.subsets import assign_labels, priority_order
 from diffmem.errors import UsageError
-from diffmem.io import ImageSet, load_images, load_npz, save_image_set
+from diffmem.io import ImageSet, load_images, load_npz, names_array, save_image_set
 from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class BuiltDataset:
     origin: np.ndarray
     info: dict[str, Any]
     inputs: dict[str, Any]
+    names: np.ndarray | None = None  # str N: each image's name in its source (``--mix`` images: ``mix:NAME``)
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -102,8 +105,21 @@ def _resized(src: Source, idx: np.ndarray, target: tuple[int, int], method: str,
     return downsample(images, target[0], method, option)
 
 
-def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
-    """Build the dataset of ``cfg`` in memory (every check happens here, before anything is written)."""
+@dataclass(frozen=True)
+class _Plan:
+    """A config's sources and the priority order of their candidates (indices ≥ len(keep) are --mix's)."""
+
+    src: Source
+    mix: Source | None
+    keep: np.ndarray  # candidates of --source (after --classes)
+    mix_keep: np.ndarray | None  # candidates of --mix
+    order: np.ndarray  # every drawable candidate in priority order
+    target: tuple[int, int]  # H, W of the dataset's images
+    n_classes: int
+
+
+def _plan(cfg: DataConfig) -> _Plan:
+    """Load and check the sources of ``cfg`` and draw the priority order (every check happens here)."""
     check_config(cfg)
     src = load_source(cfg.source, "--source")
     n_src, c_src, h_src, w_src = src.images.shape
@@ -153,23 +169,50 @@ def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
         if mix is not None:
             where += f" mixed with {cfg.mix!r} at rate {cfg.mix_rate:g}"
         raise UsageError(f"--size: {cfg.size} is more than {where} can give ({order.size} images)")
-    chosen = order[: cfg.size] if cfg.size is not None else order
+    return _Plan(src=src, mix=mix, keep=keep, mix_keep=mix_keep, order=order, target=target, n_classes=n_classes)
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    images: np.ndarray
+    source_ids: np.ndarray
+    true: np.ndarray  # class index of each image in its source (−1 when unlabeled)
+    from_mix: np.ndarray  # bool
+    names: np.ndarray
+
+
+def _gather(plan: _Plan, chosen: np.ndarray, cfg: DataConfig) -> _Drawn:
+    """The images, source ids, true classes and names of the ``chosen`` candidates, at the target size."""
+    src, mix, keep = plan.src, plan.mix, plan.keep
     from_mix = chosen >= keep.size
     n = chosen.size
-    images = np.empty((n, c_src, *target), dtype=np.uint8)
+    images = np.empty((n, src.images.shape[1], *plan.target), dtype=np.uint8)
     source_ids = np.empty(n, dtype=np.int64)
     true = np.full(n, -1, dtype=np.int64)
+    names = np.empty(n, dtype=object)
     p_idx = keep[chosen[~from_mix]]
-    images[~from_mix] = _resized(src, p_idx, target, cfg.resample, "--source")
+    images[~from_mix] = _resized(src, p_idx, plan.target, cfg.resample, "--source")
     source_ids[~from_mix] = p_idx
+    names[~from_mix] = src.image_names()[p_idx]
     if src.labels is not None:
         true[~from_mix] = src.labels[p_idx]
     if mix is not None and from_mix.any():
-        m_idx = mix_keep[chosen[from_mix] - keep.size]
-        images[from_mix] = _resized(mix, m_idx, target, cfg.resample, "--mix")
+        m_idx = plan.mix_keep[chosen[from_mix] - keep.size]
+        images[from_mix] = _resized(mix, m_idx, plan.target, cfg.resample, "--mix")
         source_ids[from_mix] = m_idx
+        names[from_mix] = [f"mix:{x}" for x in mix.image_names()[m_idx]]
         if mix.labels is not None:
             true[from_mix] = mix.labels[m_idx]
+    return _Drawn(images=images, source_ids=source_ids, true=true, from_mix=from_mix, names=names_array(names))
+
+
+def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
+    """Build the dataset of ``cfg`` in memory (every check happens here, before anything is written)."""
+    plan = _plan(cfg)
+    src, mix, order, n_classes = plan.src, plan.mix, plan.order, plan.n_classes
+    chosen = order[: cfg.size] if cfg.size is not None else order
+    d = _gather(plan, chosen, cfg)
+    images, source_ids, true, from_mix, n = d.images, d.source_ids, d.true, d.from_mix, chosen.size
 
     labels, label_classes = assign_labels(cfg.labels, true, label_classes=cfg.label_classes or n_classes,
                                           seed=cfg.seed, size=cfg.size, nested=cfg.nested, order_length=order.size)
@@ -184,7 +227,7 @@ def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
         "shape": [int(s) for s in images.shape[1:]],
         "label_classes": int(label_classes),
         "label_mode": cfg.labels,
-        "source_images": int(n_src),
+        "source_images": int(len(src)),
         "available_images": int(order.size),
         "class_names": kept_names,
         "class_counts": [int(np.sum(true == c)) for c in range(len(kept_names))] if kept_names else [],
@@ -194,7 +237,19 @@ def make_dataset(cfg: DataConfig, *, progress: bool = False) -> BuiltDataset:
     }
     inputs = {"source": src.inputs, **({"mix": mix.inputs} if mix is not None else {})}
     return BuiltDataset(images=images, labels=labels, source_ids=source_ids, origin=from_mix.astype(np.uint8),
-                        info=info, inputs=inputs)
+                        info=info, inputs=inputs, names=d.names)
+
+
+def heldout_set(cfg: DataConfig, n: int) -> ImageSet:
+    """Up to ``n`` images of the same distribution that the dataset of ``cfg`` does not hold: the candidates
+    that follow its subset in the priority order (same classes, resolution and mixing; class-balanced as
+    any prefix of the order is). Labels are the source's classes (−1 when unlabeled); none when no image
+    is left (``cfg.size`` is everything the source holds)."""
+    plan = _plan(cfg)
+    start = cfg.size if cfg.size is not None else plan.order.size
+    chosen = plan.order[start:start + max(int(n), 0)]
+    d = _gather(plan, chosen, cfg)
+    return ImageSet(images=d.images, labels=d.true, source_ids=d.source_ids, names=d.names)
 
 
 def _bar(total: int, desc: str):
@@ -219,7 +274,7 @@ def build_dataset(cfg: DataConfig, out: str | Path, *, progress: bool = False) -
         raise UsageError(f"--out: {str(out)!r} already holds {held}; choose a new directory")
     built = make_dataset(cfg, progress=progress)
     with atomic_dir(out, overwrite=True) as tmp:
-        s = ImageSet(images=built.images, labels=built.labels, source_ids=built.source_ids)
+        s = ImageSet(images=built.images, labels=built.labels, source_ids=built.source_ids, names=built.names)
         save_image_set(tmp / "dataset.npz", s, origin=built.origin)
         write_manifest(tmp, STAGE, cfg, inputs=built.inputs, **built.info)
     return out

@@ -39,9 +39,19 @@ class Source:
     class_names: tuple[str, ...] = ()  # one per label value; () when unlabeled
     spec: str = ""  # the specification it was loaded from
     inputs: dict = field(default_factory=dict)  # content hashes of the files read
+    names: np.ndarray | None = None  # str M: relative path in the folder or zip; None: no file names
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def image_names(self) -> np.ndarray:
+        """Each image's name: its file name where it has one, else ``KIND:INDEX`` (``digits:1234``)."""
+        if self.names is not None:
+            return self.names
+        from diffmem.io import names_array
+
+        kind = self.spec.partition(":")[0] or "source"
+        return names_array([f"{kind}:{i}" for i in range(len(self))])
 
     @property
     def num_classes(self) -> int:
@@ -173,7 +183,7 @@ def load_npz_source(path: Path, option: str, spec: str) -> Source:
             raise UsageError(f"{option}: {spec!r} has {n_neg} unlabeled images (label −1) among labeled ones; "
                              "expected all images labeled or none")
         labels, names = relabel(s.labels)
-    return Source(images=s.images, labels=labels, class_names=names, spec=spec,
+    return Source(images=s.images, labels=labels, class_names=names, spec=spec, names=s.names,
                   inputs={str(path): file_hash(path)})
 
 
@@ -182,12 +192,13 @@ def load_npz_source(path: Path, option: str, spec: str) -> Source:
 
 
 def load_folder(folder: Path, option: str, spec: str) -> Source:
-    """Images below ``folder``; each first-level sub-folder is a class (sorted by name).
+    """Images below ``folder`` (natural order of relative paths, which name them); each first-level
+    sub-folder is a class (classes numbered in sorted order of the sub-folder names).
 
     Images directly in ``folder`` (and no sub-folders with images) make an unlabeled source.
     """
     from diffmem.artefacts import array_hash
-    from diffmem.io import list_image_files, read_image_file, stack_images
+    from diffmem.io import list_image_files, names_array, read_image_file, stack_images
 
     files = list_image_files(folder)
     if not files:
@@ -197,9 +208,10 @@ def load_folder(folder: Path, option: str, spec: str) -> Source:
     if top and nested:
         raise UsageError(f"{option}: {spec!r} has images both directly in it ({top[0].name}) and in "
                          f"sub-folders ({nested[0].relative_to(folder)}); expected one or the other")
+    rel = [p.relative_to(folder).as_posix() for p in files]
     try:
         arrays = [read_image_file(p) for p in files]
-        images = stack_images(arrays, [str(p.relative_to(folder)) for p in files], f"{option}: {spec!r}")
+        images = stack_images(arrays, rel, f"{option}: {spec!r}")
     except UsageError as e:
         msg = str(e)
         raise UsageError(msg if msg.startswith(option) else f"{option}: {msg}") from e
@@ -209,5 +221,5 @@ def load_folder(folder: Path, option: str, spec: str) -> Source:
         names = tuple(sorted(set(class_of)))
         index = {n: i for i, n in enumerate(names)}
         labels = np.array([index[c] for c in class_of], dtype=np.int64)
-    return Source(images=images, labels=labels, class_names=names, spec=spec,
+    return Source(images=images, labels=labels, class_names=names, spec=spec, names=names_array(rel),
                   inputs={str(folder): array_hash(images)})

@@ -1,6 +1,7 @@
 """Image zips as EDM's dataset tool writes them: images plus an optional ``dataset.json``.
 
-Layout: image members (e.g. ``00000/img00000000.png``) in sorted name order, and
+Layout: image members (e.g. ``00000/img00000000.png``) in natural order of their names (the sorted
+order for EDM's zero-padded names), each image named by its member name, and
 ``dataset.json`` = ``{"labels": [["00000/img00000000.png", 6], ...]}`` (or ``"labels": null``
 for an unlabeled set). Members are read in memory, never extracted; a member name that could
 escape a folder (absolute, ``..``, a drive letter, a backslash) makes the whole archive refused.
@@ -19,7 +20,16 @@ import numpy as np
 
 from diffmem.data.sources import Source, reason, relabel
 from diffmem.errors import UsageError
-from diffmem.io import IMAGE_SUFFIXES, read_image_file, stack_images
+from diffmem.io import (
+    IMAGE_SUFFIXES,
+    SHAPE_HINT,
+    Convert,
+    names_array,
+    natural_key,
+    read_converted,
+    read_image_file,
+    stack_images,
+)
 
 MAX_MEMBER_BYTES = 64 << 20  # refuse single members that would expand beyond this (zip bombs)
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -64,11 +74,13 @@ def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | N
     return np.array([table[n] for n in names], dtype=np.int64)
 
 
-def load_zip(path: Path, option: str, spec: str) -> Source:
-    """Every image member of the zip (sorted by name) with the labels of ``dataset.json``."""
-    from diffmem.artefacts import file_hash
+def read_zip_images(path: Path, what: str, convert: Convert | None = None,
+                    hint: str = SHAPE_HINT) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Every image member of the zip (natural order of names), the names, and the labels of
+    ``dataset.json`` as written there (None when it is absent or says ``"labels": null``).
 
-    what = f"{option}: {spec!r}"
+    ``convert`` applies to each image before they are stacked; ``what`` starts every error message.
+    """
     if path.is_dir():
         raise UsageError(f"{what} is a directory; expected a .zip file (use folder:PATH for a folder)")
     try:
@@ -81,22 +93,32 @@ def load_zip(path: Path, option: str, spec: str) -> Source:
                 if i.file_size > MAX_MEMBER_BYTES:
                     raise UsageError(f"{what}: member {i.filename!r} expands to {i.file_size} bytes; "
                                      f"expected at most {MAX_MEMBER_BYTES}")
-            names = sorted(i.filename for i in infos if i.filename.lower().endswith(IMAGE_SUFFIXES))
+            names = sorted((i.filename for i in infos if i.filename.lower().endswith(IMAGE_SUFFIXES)),
+                           key=natural_key)
             if not names:
                 raise UsageError(f"{what} holds no image members ({', '.join(IMAGE_SUFFIXES)})")
-            arrays = [_read_image(zf.read(n), n, what) for n in names]
+            arrays = [read_converted(lambda n=n: _read_image(zf.read(n), n, what), convert) for n in names]
             meta = zf.read("dataset.json") if "dataset.json" in zf.namelist() else None
     except UsageError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
         raise UsageError(f"{what} is not a readable zip archive ({reason(e)})") from e
-    images = stack_images(arrays, names, what)
-    labels, class_names = None, ()
+    images = stack_images(arrays, names, what, hint)
+    labels = None
     if meta is not None:
-        raw = _labels_from_json(meta, names, what)
-        if raw is not None:
-            if raw.min() < 0:
-                raise UsageError(f"{what}: dataset.json has negative label {int(raw.min())}; expected labels ≥ 0")
-            labels, class_names = relabel(raw)
-    return Source(images=images, labels=labels, class_names=class_names, spec=spec,
+        labels = _labels_from_json(meta, names, what)
+        if labels is not None and labels.size and labels.min() < 0:
+            raise UsageError(f"{what}: dataset.json has negative label {int(labels.min())}; expected labels ≥ 0")
+    return images, names_array(names), labels
+
+
+def load_zip(path: Path, option: str, spec: str) -> Source:
+    """Every image member of the zip (natural order of names) with the labels of ``dataset.json``."""
+    from diffmem.artefacts import file_hash
+
+    images, names, raw = read_zip_images(path, f"{option}: {spec!r}")
+    labels, class_names = None, ()
+    if raw is not None:
+        labels, class_names = relabel(raw)
+    return Source(images=images, labels=labels, class_names=class_names, spec=spec, names=names,
                   inputs={str(path): file_hash(path)})
