@@ -49,8 +49,8 @@ def test_out_dir_holds_summary_table_and_figures(files, tmp_path, capsys):
     s, t = files
     out = tmp_path / "m"
     assert main(["measure", "--samples", str(s), "--train", str(t), "--out", str(out), "--json"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "manifest.json", "ratios.png", "summary.json",
-                                                    "table.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["copies.csv", "copies.png", "grid.png", "manifest.json",
+                                                    "ratios.png", "summary.json", "table.csv", "table.npz"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_memorized"] == 60 and summary["inputs"]["samples"] == str(s)
     with np.load(out / "table.npz", allow_pickle=False) as z:
@@ -98,7 +98,8 @@ def test_shape_mismatch_and_single_image_exit_2(tmp_path, rng, capsys):
     code = main(["measure", "--samples", str(tmp_path / "rgb.npz"), "--train", str(tmp_path / "gray.npz")])
     r = capsys.readouterr()
     assert code == 2 and r.out == ""
-    assert r.err.strip().count("\n") == 0 and "(3, 8, 8) but --train items have (1, 8, 8)" in r.err
+    assert r.err.strip().count("\n") == 0 and "3×8×8 (C×H×W) but --train images are 1×8×8" in r.err
+    assert "add --channels 1" in r.err
     with pytest.raises(UsageError, match="at least two distinct training images"):
         measure(load_npz(tmp_path / "gray.npz"), load_npz(tmp_path / "one.npz"))
 
@@ -120,5 +121,6 @@ def test_feature_measurement_writes_no_grid(tmp_path, rng):
     feats = rng.normal(size=(50, 16))
     m = measure(feats[:10] + 1e-3, feats)
     out = write_measurement(m, tmp_path / "f", samples=feats[:10], train=feats)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "ratios.png", "summary.json", "table.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["copies.csv", "manifest.json", "ratios.png", "summary.json",
+                                                    "table.csv", "table.npz"]
     np.testing.assert_array_equal(np.load(out / "table.npz")["nn1"], np.arange(10))

@@ -136,6 +136,9 @@ class MeasureConfig:
     device: str = "auto"
     memory_mb: int = 1024  # working-memory budget of the search
     candidates: int = 8  # rows per sample kept by the fast float32 stage for the exact re-rank
+    copying_cells: int = 0  # k-means cells of the data-copying test (held-out baseline); 0 = auto
+    copying_tau: float | None = None  # fraction of the samples a cell needs to count; None = 20 / samples
+    copying_seed: int = 0  # seed of the k-means cells
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,40 +15,77 @@ from diffmem.errors import UsageError
 HELP = "memorization ratio of generated samples against a training set (exact NN₁/NN₂, Wilson interval)"
 EXAMPLES = (
     "  diffmem measure --samples gen.npz --train out/data          # summary on the terminal\n"
-    "  diffmem measure --samples gen/ --train train.npz --out m/   # + summary.json, table.npz, figures\n"
+    "  diffmem measure --samples gen/ --train train_pngs/ --heldout test_pngs/ --out audit/\n"
+    "  diffmem measure --samples gen32/ --train dataset.zip --resize 8 --channels 1 --out audit/\n"
     "  diffmem measure --samples gen.npz --train train.npz --threshold 1/4 --json\n"
 )
+SHAPE_FLAGS = "pass --resize R and/or --channels 1|3 to convert every image on the fly"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = MeasureConfig()
-    parser.add_argument("--samples", required=True, metavar="PATH",
-                        help="generated images: .npz, artefact directory or image folder")
-    parser.add_argument("--train", required=True, metavar="PATH",
-                        help="training images: .npz, dataset artefact directory or image folder")
+    where = ".npz, artefact directory, image folder or image zip (zip:PATH or PATH.zip, EDM-style or plain)"
+    parser.add_argument("--samples", required=True, metavar="PATH", help=f"generated images: {where}")
+    parser.add_argument("--train", required=True, metavar="PATH", help=f"training images: {where}")
+    parser.add_argument("--heldout", metavar="PATH",
+                        help="images of the same distribution the model never saw: adds their own ratio (the "
+                             "rule's false-positive rate) and the data-copying statistic C_T")
     parser.add_argument("--threshold", default="1/3", metavar="T",
                         help="memorized when d1/d2 < T (default 1/3)")
-    parser.add_argument("--out", metavar="DIR", help="write summary.json, table.npz, ratios.png, grid.png here")
+    parser.add_argument("--out", metavar="DIR", help="write summary.json, table.csv, copies.csv, figures here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--backend", default=d.backend, choices=("torch", "faiss"),
-                        help="search backend (default torch; faiss needs the [faiss] extra)")
-    parser.add_argument("--memory-mb", type=int, default=d.memory_mb, metavar="MB",
-                        help=f"working-memory budget of the search in MiB (default {d.memory_mb})")
-    parser.add_argument("--candidates", type=int, default=d.candidates, metavar="K",
-                        help=f"rows kept per sample before the exact re-rank (default {d.candidates})")
-    parser.add_argument("--confidence", type=float, default=d.confidence, metavar="C",
-                        help=f"confidence level of the Wilson interval (default {d.confidence})")
+    g = parser.add_argument_group("inputs as you have them (applied to samples, training and held-out images)")
+    g.add_argument("--resize", type=int, metavar="R",
+                   help="downsample every image to R×R first (the resampling of 'diffmem data --resolution')")
+    g.add_argument("--channels", type=int, metavar="C", help="1: grayscale (ITU-R BT.601 luma), 3: RGB")
+    g.add_argument("--resample", default="box", metavar="F", help="filter of --resize: box (default) or lanczos")
+    g = parser.add_argument_group("data-copying test (with --heldout)")
+    g.add_argument("--cells", type=int, default=d.copying_cells, metavar="K",
+                   help="k-means cells of the training set (default 0: about 50 held-out images per cell, 1–50)")
+    g.add_argument("--tau", metavar="T", help="fraction of the samples a cell needs to count (default 20/samples)")
+    g.add_argument("--cells-seed", type=int, default=d.copying_seed, metavar="S", help="seed of the k-means cells")
+    g = parser.add_argument_group("search")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--backend", default=d.backend, choices=("torch", "faiss"),
+                   help="search backend (default torch; faiss needs the [faiss] extra)")
+    g.add_argument("--memory-mb", type=int, default=d.memory_mb, metavar="MB",
+                   help=f"working-memory budget of the search in MiB (default {d.memory_mb})")
+    g.add_argument("--candidates", type=int, default=d.candidates, metavar="K",
+                   help=f"rows kept per sample before the exact re-rank (default {d.candidates})")
+    g.add_argument("--confidence", type=float, default=d.confidence, metavar="C",
+                   help=f"confidence level of the Wilson interval (default {d.confidence})")
 
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
+    from diffmem.measure.heldout import check_copying_config
+
+    tau = parse_fraction(args.tau, "--tau") if args.tau is not None else None
     cfg = dataclasses.replace(MeasureConfig(), threshold=parse_fraction(args.threshold, "--threshold"),
                               device=args.device, backend=args.backend, memory_mb=args.memory_mb,
-                              candidates=args.candidates, confidence=args.confidence)
+                              candidates=args.candidates, confidence=args.confidence, copying_cells=args.cells,
+                              copying_tau=tau, copying_seed=args.cells_seed)
     if cfg.memory_mb < 16:
         raise UsageError(f"--memory-mb: {cfg.memory_mb} is too small; expected at least 16")
+    check_copying_config(cfg)
+    if args.heldout is None:
+        for flag, value, default in (("--cells", args.cells, 0), ("--tau", args.tau, None),
+                                     ("--cells-seed", args.cells_seed, 0)):
+            if value != default:
+                raise UsageError(f"{flag}: {value} applies to the data-copying test; add --heldout PATH")
     resolve_device(cfg.device)  # refuse an unavailable device before loading anything
     return cfg
+
+
+def _conversion(args: argparse.Namespace):
+    from diffmem.data.convert import Conversion
+
+    conv = Conversion(resize=args.resize, channels=args.channels, resample=args.resample)
+    conv.check()
+    return conv
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
 
 
 def format_summary(s: dict) -> str:
@@ -60,40 +97,105 @@ def format_summary(s: dict) -> str:
         f"(d1/d2 < threshold {s['threshold']:.4g}; {s['n_exact_copies']:,} exact copies, d1 = 0)",
         f"training images:     {s['n_train']:,} ({s['n_train_distinct']:,} distinct; "
         f"{s['duplicate_groups']:,} duplicate groups holding {s['duplicate_images']:,} extra copies)",
+    ]
+    if "n_train_copied" in s and not s["n_memorized"]:
+        lines.append("copied images:       none (no sample is memorized)")
+    elif "n_train_copied" in s:
+        lines.append(f"copied images:       {s['n_train_copied']:,} distinct training images are the NN1 of a "
+                     f"memorized sample; the top 1 % ({s['top1pct_images']:,} images) account for "
+                     f"{_pct(s['top1pct_share'])} of the memorized samples")
+        if s.get("most_copied"):
+            top = ", ".join(f"{c['name'] or '#' + str(c['train_index'])} ({c['copies']:,})"
+                            for c in s["most_copied"][:5])
+            lines.append(f"most copied:         {top}  (name (memorized samples))")
+    h = s.get("heldout")
+    if h:
+        lines.append(f"held-out baseline:   {h['n_memorized']:,} of {h['n_heldout']:,} held-out images flagged by the "
+                     f"rule: false-positive rate {h['memorization_ratio']:.4f} ({h['confidence']:.0%} Wilson "
+                     f"interval {h['ci_low']:.4f} – {h['ci_high']:.4f})")
+        if h["n_exact_copies"]:
+            lines.append(f"warning:             {h['n_exact_copies']:,} held-out images are exact copies of training "
+                         "images: the held-out set overlaps the training set")
+    c = s.get("data_copying")
+    if c:
+        ct = "—" if c["c_t"] is None else f"{c['c_t']:+.2f}"
+        lines.append(f"data-copying test:   C_T = {ct} over {c['cells_kept']} of {c['cells']} k-means cells "
+                     f"(cells with ≥ {c['min_samples_per_cell']} samples; {c['heldout_mass_kept']:.0%} of the "
+                     f"held-out images): {c['reading']}")
+    lines += [
         f"median d1/d2:        {s['median_ratio']:.4f}",
         f"search:              {s['distance']}, item shape {'×'.join(map(str, s['item_shape']))}; "
         f"{s['backend']} on {s['device']}; {s['n_fallback']:,} samples needed the widened exact re-rank",
     ]
+    conv = s.get("conversion")
+    if conv:
+        parts = ([f"--channels {conv['channels']}"] if conv["channels"] else []) + \
+                ([f"--resize {conv['resize']} ({conv['resample']})"] if conv["resize"] else [])
+        lines.append(f"converted:           {', '.join(parts)} applied to every image")
     return "\n".join(lines)
 
 
-def _load(load_images, path: str, option: str):
+def _load(path: str, option: str, conv):
+    from diffmem.io import load_images
+
     try:
-        return load_images(path)
+        return load_images(path, None if conv.identity else conv, hint=SHAPE_FLAGS)
     except UsageError as e:
-        raise UsageError(f"{option}: {e}") from e
+        msg = str(e)
+        raise UsageError(msg if msg.startswith(option) else f"{option}: {msg}") from e
+
+
+def _check_shapes(option: str, shape: tuple[int, ...], train_shape: tuple[int, ...]) -> None:
+    """Samples (or held-out images) and training images must have one shape; name the flags that convert them."""
+    if shape == train_shape:
+        return
+    fix = []
+    if shape[1:] != train_shape[1:]:
+        fix.append(f"--resize {min(shape[1], train_shape[1])}")
+    if shape[0] != train_shape[0]:
+        fix.append(f"--channels {1 if 1 in (shape[0], train_shape[0]) else 3}")
+    raise UsageError(f"{option}: images are {'×'.join(map(str, shape))} (C×H×W) but --train images are "
+                     f"{'×'.join(map(str, train_shape))}; expected one shape: add {' '.join(fix)} "
+                     "(applied to every image on the fly)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.io import load_images
-    from diffmem.measure import measure, write_measurement
+    from diffmem.measure import measure, prepare_train, write_measurement
+    from diffmem.measure.heldout import prepare_heldout
+    from diffmem.measure.outputs import full_summary
+    from diffmem.measure.tables import TableNames
 
     cfg = _config(args)
+    conv = _conversion(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
-    samples = _load(load_images, args.samples, "--samples")
-    train = _load(load_images, args.train, "--train")
-    m = measure(samples, train, cfg, progress=True)
-    summary = dict(m.summary)
+    samples = _load(args.samples, "--samples", conv)
+    train = _load(args.train, "--train", conv)
+    heldout = _load(args.heldout, "--heldout", conv) if args.heldout else None
+    _check_shapes("--samples", samples.shape, train.shape)
+    if heldout is not None:
+        _check_shapes("--heldout", heldout.shape, train.shape)
+    index = prepare_train(train)
+    m = measure(samples, index, cfg, progress=True)
+    ref = prepare_heldout(index, heldout, cfg, len(samples), progress=True) if heldout is not None else None
+    copying = ref.copying(samples, m.d1) if ref is not None else None
+    names = TableNames.of(samples, train, len(samples), len(train))
+    extra = {} if conv.identity else {"conversion": conv.describe()}
+    summary = full_summary(m, names, ref, copying, **extra)
     if out is not None:
         inputs = {"samples": str(args.samples), "train": str(args.train)}
-        write_measurement(m, out, samples=samples, train=train, inputs=inputs, cfg=cfg)
+        if args.heldout:
+            inputs["heldout"] = str(args.heldout)
+        heldout_names = TableNames.of(heldout, train, len(heldout), len(train)) if heldout is not None else None
+        write_measurement(m, out, samples=samples, train=train, names=names, heldout=ref, copying=copying,
+                          heldout_names=heldout_names, summary=summary, inputs=inputs, cfg=cfg)
         summary["out"] = str(out)
     if args.json:
         print_json(summary)
     else:
         sys.stdout.write(format_summary(summary) + "\n")
         if out is not None:
-            sys.stdout.write(f"wrote:               {out}/ (summary.json, table.npz, ratios.png, grid.png)\n")
+            files = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+            sys.stdout.write(f"wrote:               {out}/ ({', '.join(files)})\n")
     return 0

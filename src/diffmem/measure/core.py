@@ -40,6 +40,7 @@ class Measurement:
     ratio: np.ndarray  # float64 n: d₁ / d₂
     memorized: np.ndarray  # bool n: ratio < threshold
     nn1_copies: np.ndarray  # int64 n: identical copies of NN₁ in the training set
+    train_canonical: np.ndarray  # int64 N_train: lowest index of each training image's group of identical ones
 
     def table(self) -> dict[str, np.ndarray]:
         """The per-sample table as named arrays."""
@@ -78,13 +79,14 @@ class StreamingMeasurer:
     """
 
     def __init__(self, train: ImageSet | np.ndarray | TrainIndex, cfg: MeasureConfig | None = None, *,
-                 progress: bool = False) -> None:
+                 progress: bool = False, min_samples: int = MIN_SAMPLES) -> None:
         cfg = cfg or MeasureConfig()
         _check_cfg(cfg)
         self.cfg = cfg
         self.index = train if isinstance(train, TrainIndex) else prepare_train(train)
         self.device = resolve_device(cfg.device)
         self.progress = progress
+        self.min_samples = min_samples  # warn below this many samples
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (seeds, ids, sq)
         self._n_fallback = 0
 
@@ -110,11 +112,12 @@ class StreamingMeasurer:
         seeds = np.concatenate([p[0] for p in self._parts])
         ids = np.concatenate([p[1] for p in self._parts])
         sq = np.concatenate([p[2] for p in self._parts])
-        return _finish(seeds, ids, sq, self.index, self.cfg, str(self.device), self._n_fallback)
+        return _finish(seeds, ids, sq, self.index, self.cfg, str(self.device), self._n_fallback,
+                       self.min_samples)
 
 
 def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainIndex, cfg: MeasureConfig,
-            device: str, n_fallback: int) -> Measurement:
+            device: str, n_fallback: int, min_samples: int = MIN_SAMPLES) -> Measurement:
     d = np.sqrt(sq)
     d1, d2 = d[:, 0], d[:, 1]  # d2 > 0: NN₂ differs from NN₁, so it cannot equal the sample too
     ratio = d1 / d2
@@ -122,8 +125,8 @@ def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainInde
     n, k = int(ratio.shape[0]), int(memorized.sum())
     low, high = wilson_interval(k, n, cfg.confidence)
     warning = None
-    if n < MIN_SAMPLES:
-        warning = (f"only {n} samples measured (fewer than {MIN_SAMPLES}); the ratio's "
+    if n < min_samples:
+        warning = (f"only {n} samples measured (fewer than {min_samples}); the ratio's "
                    f"{cfg.confidence:.0%} interval is [{low:.3f}, {high:.3f}]")
         log.warning(warning)
     summary = {
@@ -151,7 +154,8 @@ def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainInde
     }
     return Measurement(summary=summary, sample_index=np.arange(n, dtype=np.int64), seeds=seeds,
                        nn1=ids[:, 0].copy(), nn2=ids[:, 1].copy(), d1=d1, d2=d2, ratio=ratio,
-                       memorized=memorized, nn1_copies=index.group_size[ids[:, 0]])
+                       memorized=memorized, nn1_copies=index.group_size[ids[:, 0]],
+                       train_canonical=index.canonical)
 
 
 def measure(
@@ -160,8 +164,9 @@ def measure(
     cfg: MeasureConfig | None = None,  # threshold, backend, device, memory budget (defaults: MeasureConfig())
     *,
     progress: bool = False,  # progress bar on stderr
+    min_samples: int = MIN_SAMPLES,  # warn (log and summary) when fewer samples are measured
 ) -> Measurement:
     """Memorization ratio of ``samples`` against ``train`` (exact NN₁/NN₂, Wilson interval)."""
-    m = StreamingMeasurer(train, cfg, progress=progress)
+    m = StreamingMeasurer(train, cfg, progress=progress, min_samples=min_samples)
     m.add(samples)
     return m.result()

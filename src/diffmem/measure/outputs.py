@@ -1,7 +1,15 @@
-"""What a measurement writes: summary.json, the per-sample table, a ratio histogram and a grid figure.
+"""What a measurement writes (docs/AUDIT.md lists every file, column and key):
+
+- ``summary.json``: the ratio with its interval and counts, the copy numbers, the held-out baseline
+  and the data-copying test when held-out images were given, the conversions and the inputs;
+- ``table.csv`` and ``table.npz``: one row per sample, by index and name;
+- ``copies.csv``: every training image, most copied first;
+- ``heldout.csv``: one row per held-out image (when given), the columns of ``table.csv``;
+- ``ratios.png``, ``grid.png`` (sample | NN₁ | NN₂) and ``copies.png`` (most copied training images).
 
 The output directory is built in a temporary sibling and renamed when complete (no half-written
-artefact); its manifest has stage "measurement". Figures need matplotlib (Agg backend, imported lazily).
+artefact); its manifest has stage "measurement". Figures need images; for feature vectors they are
+left out unless the images are given separately.
 """
 
 from __future__ import annotations
@@ -16,108 +24,86 @@ from diffmem.artefacts import atomic_dir, atomic_save_npz, atomic_write_json, wr
 from diffmem.config import MeasureConfig
 from diffmem.io import ImageSet
 from diffmem.measure.core import Measurement
+from diffmem.measure.figures import grid_rows, plot_copies, plot_grid, plot_histogram
+from diffmem.measure.heldout import HeldoutReference
+from diffmem.measure.tables import TableNames, copy_columns, copy_summary, sample_columns, write_csv
 
 SUMMARY = "summary.json"
 TABLE = "table.npz"
+TABLE_CSV = "table.csv"
+COPIES_CSV = "copies.csv"
+HELDOUT_CSV = "heldout.csv"
 HISTOGRAM = "ratios.png"
 GRID = "grid.png"
-GRID_ROWS_PER_GROUP = 4  # most memorized, borderline and least memorized samples each
+COPIES_GRID = "copies.png"
+
+__all__ = ["full_summary", "grid_rows", "write_measurement"]
 
 
-def write_measurement(
+def full_summary(
     m: Measurement,
-    out_dir: str | os.PathLike,
-    *,
-    samples: ImageSet | np.ndarray | None = None,  # images for the grid figure (skipped when None or vectors)
-    train: ImageSet | np.ndarray | None = None,  # training images for the grid figure
-    inputs: dict[str, Any] | None = None,  # recorded in summary.json and the manifest (e.g. paths)
-    cfg: MeasureConfig | None = None,  # the configuration recorded in the manifest
-    overwrite: bool = False,
-) -> Path:
-    """Write the measurement artefact to ``out_dir`` atomically and return its path."""
-    out = Path(out_dir)
-    summary = dict(m.summary, inputs=inputs or {})
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        atomic_write_json(tmp / SUMMARY, summary)
-        atomic_save_npz(tmp / TABLE, **m.table())
-        plot_histogram(m, tmp / HISTOGRAM)
-        files = [SUMMARY, TABLE, HISTOGRAM]
-        if samples is not None and train is not None and _images(samples).ndim >= 3 and _images(train).ndim >= 3:
-            plot_grid(m, _images(samples), _images(train), tmp / GRID)  # images only, not feature vectors
-            files.append(GRID)
-        cfg = cfg or MeasureConfig(threshold=m.summary["threshold"], backend=m.summary["backend"],
-                                   candidates=m.summary["candidates"])
-        write_manifest(tmp, "measurement", cfg, inputs=inputs or {}, files=files,
-                       memorization_ratio=m.summary["memorization_ratio"])
-    return out
+    names: TableNames | None = None,
+    heldout: HeldoutReference | None = None,
+    copying: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The measurement's summary with the copy numbers, the held-out baseline, C_T and ``extra`` keys."""
+    s = dict(m.summary)
+    s.update(copy_summary(m, names))
+    if heldout is not None:
+        s["heldout"] = dict(heldout.summary)
+    if copying is not None:
+        s["data_copying"] = copying
+    s.update(extra)
+    return s
 
 
 def _images(x: ImageSet | np.ndarray) -> np.ndarray:
     return x.images if isinstance(x, ImageSet) else np.asarray(x)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_histogram(m: Measurement, path: Path) -> None:
-    """Histogram of d₁/d₂ with the threshold line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(m.ratio, bins=np.linspace(0.0, 1.0, 51), color="#4c72b0")
-    t = m.summary["threshold"]
-    s = m.summary
-    ax.axvline(t, color="#c44e52", linestyle="--", label=f"threshold {t:.3g}")
-    ax.set_xlabel("d1 / d2 (nearest / second-nearest training distance)")
-    ax.set_ylabel("samples")
-    ax.set_title(f"{s['n_memorized']} of {s['n_samples']} memorized: ratio {s['memorization_ratio']:.3f} "
-                 f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def grid_rows(m: Measurement, per_group: int = GRID_ROWS_PER_GROUP) -> list[tuple[str, int]]:
-    """(group, sample index) for the most memorized, borderline and least memorized samples."""
-    order = np.argsort(m.ratio, kind="stable")
-    most = [int(i) for i in order[:per_group]]
-    least = [int(i) for i in order[::-1] if i not in most][:per_group]
-    border = [int(i) for i in np.argsort(np.abs(m.ratio - m.summary["threshold"]), kind="stable")
-              if i not in most and i not in least][:per_group]
-    groups = [("most memorized", most), ("borderline", sorted(border, key=lambda i: m.ratio[i])),
-              ("least memorized", least)]
-    return [(g, i) for g, idx in groups for i in idx]
-
-
-def _show(ax, img: np.ndarray) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if img.ndim == 3 and img.shape[0] in (1, 3, 4):
-        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(img, interpolation="nearest")
-
-
-def plot_grid(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Path) -> None:
-    """Rows of generated | NN₁ | NN₂ with each row's ratio."""
-    plt = _pyplot()
-    rows = grid_rows(m)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(4.2, 1.25 * len(rows)), dpi=100, squeeze=False)
-    for r, (group, i) in enumerate(rows):
-        for c, (img, title) in enumerate([(samples[i], "generated"), (train[m.nn1[i]], f"NN1 #{m.nn1[i]}"),
-                                          (train[m.nn2[i]], f"NN2 #{m.nn2[i]}")]):
-            _show(axes[r, c], img)
-            if r == 0 or rows[r - 1][0] != group or c:
-                axes[r, c].set_title(title if c else f"{group}\ngenerated", fontsize=6)
-        axes[r, 0].set_ylabel(f"d1/d2 {m.ratio[i]:.3f}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def write_measurement(
+    m: Measurement,
+    out_dir: str | os.PathLike,
+    *,
+    samples: ImageSet | np.ndarray | None = None,  # images for the figures (skipped when None or vectors)
+    train: ImageSet | np.ndarray | None = None,  # training images for the figures
+    names: TableNames | None = None,  # names and labels for the tables (default: those of samples and train)
+    heldout: HeldoutReference | None = None,  # the held-out baseline (heldout.csv, the summary's heldout block)
+    copying: dict[str, Any] | None = None,  # the data-copying test of these samples (the summary's data_copying)
+    heldout_names: TableNames | None = None,  # names of the held-out images (rows of heldout.csv)
+    summary: dict[str, Any] | None = None,  # the summary to write (default: full_summary of the above)
+    inputs: dict[str, Any] | None = None,  # recorded in summary.json and the manifest (e.g. paths)
+    cfg: MeasureConfig | None = None,  # the configuration recorded in the manifest
+    overwrite: bool = False,
+) -> Path:
+    """Write the measurement artefact to ``out_dir`` atomically and return its path."""
+    out = Path(out_dir)
+    n_train = m.train_canonical.shape[0]
+    names = names or TableNames.of(samples, train, m.sample_index.shape[0], n_train)
+    summary = dict(summary if summary is not None else full_summary(m, names, heldout, copying), inputs=inputs or {})
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        atomic_write_json(tmp / SUMMARY, summary)
+        atomic_save_npz(tmp / TABLE, **m.table())
+        write_csv(tmp / TABLE_CSV, sample_columns(m, names))
+        write_csv(tmp / COPIES_CSV, copy_columns(m, names))
+        files = [SUMMARY, TABLE, TABLE_CSV, COPIES_CSV]
+        hm = heldout.measurement if heldout is not None else None
+        if hm is not None:
+            hn = heldout_names or TableNames(samples=np.array([f"#{i}" for i in range(hm.d1.size)]), train=names.train,
+                                             train_labels=names.train_labels)
+            write_csv(tmp / HELDOUT_CSV, sample_columns(hm, hn))
+            files.append(HELDOUT_CSV)
+        plot_histogram(m, tmp / HISTOGRAM, heldout_ratio=None if hm is None else hm.ratio)
+        files.append(HISTOGRAM)
+        if samples is not None and train is not None and _images(samples).ndim >= 3 and _images(train).ndim >= 3:
+            s_img, t_img = _images(samples), _images(train)  # images only, not feature vectors
+            plot_grid(m, s_img, t_img, tmp / GRID, names)
+            files.append(GRID)
+            if plot_copies(m, s_img, t_img, tmp / COPIES_GRID, names):
+                files.append(COPIES_GRID)
+        cfg = cfg or MeasureConfig(threshold=m.summary["threshold"], backend=m.summary["backend"],
+                                   candidates=m.summary["candidates"])
+        write_manifest(tmp, "measurement", cfg, inputs=inputs or {}, files=files,
+                       memorization_ratio=m.summary["memorization_ratio"])
+    return out
