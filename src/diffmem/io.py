@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.artefacts import atomic_save_npz, read_manifest
+from diffmem.artefacts import atomic_dir, atomic_save_npz, read_manifest, write_manifest
 from diffmem.errors import UsageError
 
 Convert = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → uint8 N×C'×H'×W' (diffmem.data.convert)
@@ -74,6 +74,33 @@ def save_image_set(path: str | os.PathLike, s: ImageSet, **extra: np.ndarray) ->
             arrays[k] = v
     arrays.update(extra)
     atomic_save_npz(path, **arrays)
+
+
+def sample_file_name(seed: int) -> str:
+    """The file a generated sample is exported to: named by its seed (``seed-000123.png``)."""
+    return f"seed-{int(seed):06d}.png"
+
+
+def save_image_folder(out: str | os.PathLike, s: ImageSet, config: typing.Any, **extra: typing.Any) -> Path:
+    """Write generated samples as one PNG per sample, named by its seed, into the new directory ``out``
+    (built aside and renamed: all or nothing), with a ``manifest.json`` (stage ``samples``: the config,
+    ``extra`` and each file's seed and label). Image-folder tools (FID and the like) read the PNGs;
+    :func:`load_images` reads them back with their names, seeds and labels."""
+    from PIL import Image
+
+    if s.seeds is None:
+        raise UsageError("samples: no seeds; expected generated samples (each named by its seed)")
+    names = [sample_file_name(x) for x in s.seeds]
+    if len(set(names)) != len(names):
+        raise UsageError("samples: two samples share a seed; expected one file per seed")
+    labels = s.labels if s.labels is not None else np.full(len(s), -1, np.int64)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for name, img in zip(names, s.images):
+            Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(tmp / name, format="PNG")
+        files = [{"name": n, "seed": int(sd), "label": int(lb)} for n, sd, lb in zip(names, s.seeds, labels)]
+        write_manifest(tmp, "samples", config, files=files, n_samples=len(s), image_shape=list(s.shape), **extra)
+    return out
 
 
 def _check_images(images: np.ndarray, what: str) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""`diffmem sample`: samples of a trained run or of the closed-form optimum, written as a uint8 .npz."""
+"""`diffmem sample`: samples of a trained run or of the closed-form optimum, written as a uint8 .npz or as
+a directory of PNGs named by seed."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 
@@ -21,6 +23,7 @@ EXAMPLES = """\
   diffmem sample --optimal data/digits-64 --n 1000 --seed 0 --out gen/optimal.npz
   diffmem sample --run runs/digits-64 --snapshot 256 --n 1000 --out gen/kimg256.npz
   diffmem sample --run runs/cond --n 100 --label 3 --steps 32 --out gen/three.npz --json
+  diffmem sample --run runs/digits-64 --n 10000 --out gen/pngs/     # one PNG per sample (FID tools read it)
 """
 
 # SampleConfig field → the option that sets it (for error messages)
@@ -39,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                         "(default: the final weights)")
     parser.add_argument("--n", type=int, required=True, help="number of samples")
     parser.add_argument("--seed", type=int, default=0, help="sample k uses seed S+k (default 0)")
-    parser.add_argument("--out", required=True, metavar="FILE.npz", help="output: images uint8, labels, seeds")
+    parser.add_argument("--out", required=True, metavar="FILE.npz|DIR/",
+                        help="output: a .npz (images uint8, labels, seeds), or a new directory (a path ending in / "
+                             "or without a suffix) of PNGs named by seed: seed-000123.png, plus manifest.json")
     parser.add_argument("--label", type=int, metavar="L", help="conditional models: give every sample label L "
                                                                "(default: uniform per sample, from its seed)")
     g = parser.add_argument_group("sampler")
@@ -110,8 +115,23 @@ def _trained(args: argparse.Namespace, cfg: SampleConfig):
     return denoiser, f"trained denoiser {args.run} ({which}, {model_cfg.precond}, {device})"
 
 
+def _out_is_dir(out: str) -> bool:
+    """``--out``: a ``.npz`` file, or a new (or empty) directory; anything else is refused before sampling."""
+    from pathlib import Path
+
+    p = Path(out)
+    if out.endswith(".npz") and not p.is_dir():
+        return False
+    if not (out.endswith(("/", os.sep)) or p.is_dir() or p.suffix == ""):
+        raise UsageError(f"--out: {out!r} is not valid; expected a file name ending in .npz, or a directory "
+                         "(DIR/) for one PNG per sample")
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise UsageError(f"--out: {out!r} exists and is not an empty directory; choose a new directory")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    from diffmem.io import save_image_set
+    from diffmem.io import sample_file_name, save_image_folder, save_image_set
     from diffmem.sample import generate
 
     cfg = _config(args)
@@ -119,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--n: {args.n} is not valid; expected an integer >= 1")
     if args.seed < 0:
         raise UsageError(f"--seed: {args.seed} is not valid; expected an integer >= 0")
-    if not args.out.endswith(".npz"):
-        raise UsageError(f"--out: {args.out!r} is not valid; expected a file name ending in .npz")
+    to_dir = _out_is_dir(args.out)
     if args.snapshot is not None and args.run is None:
         raise UsageError(f"--snapshot: {args.snapshot:g} given without --run; expected --run RUN")
     if args.snapshot is not None and not (args.snapshot >= 0 and math.isfinite(args.snapshot)):
@@ -143,12 +162,17 @@ def run(args: argparse.Namespace) -> int:
     samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, classes=classes,
                        progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
-    save_image_set(args.out, samples)
+    if to_dir:
+        save_image_folder(args.out, samples, cfg, denoiser=what, label=args.label,
+                          inputs={"run": args.run, "optimal": args.optimal})
+    else:
+        save_image_set(args.out, samples)
 
     evals = (2 * cfg.steps - 1) if cfg.solver == "heun" else cfg.steps
     counts = {int(k): int(v) for k, v in zip(*np.unique(samples.labels, return_counts=True)) if k >= 0}
     summary = {
-        "out": args.out, "n_samples": args.n, "seed_first": args.seed, "seed_last": args.seed + args.n - 1,
+        "out": args.out, "format": "png directory" if to_dir else "npz", "n_samples": args.n,
+        "seed_first": args.seed, "seed_last": args.seed + args.n - 1,
         "image_shape": list(samples.shape), "label_dim": label_dim, "label_counts": counts, "denoiser": what,
         "solver": cfg.solver, "steps": cfg.steps, "denoiser_evaluations_per_sample": evals,
         "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho, "S_churn": cfg.S_churn,
@@ -159,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shape = "×".join(str(s) for s in samples.shape)
     labels = (f"labels from {label_dim} classes ({len(counts)} used)" if label_dim else "unlabeled (label −1)")
+    where = (f"{args.out.rstrip('/')}/ as PNG files {sample_file_name(args.seed)} … "
+             f"{sample_file_name(args.seed + args.n - 1)} (+ manifest.json)" if to_dir else args.out)
     print(f"wrote {args.n} samples (uint8 {shape}; seeds {args.seed}..{args.seed + args.n - 1}; {labels}) "
-          f"to {args.out}")
+          f"to {where}")
     print(f"denoiser: {what}")
     print(f"sampler: {cfg.solver}, {cfg.steps} steps ({evals} denoiser evaluations per sample), "
           f"σ from {cfg.sigma_max:g} to {cfg.sigma_min:g}, ρ={cfg.rho:g}, churn S_churn={cfg.S_churn:g}; "
