@@ -54,6 +54,25 @@ def test_tiny_emm_end_to_end(tmp_path):
     # the bracket is what the measured ratios say about 90 %
     mem = [p["size"] for p in s["points"] if p["ratio"] >= 0.9]
     assert s["bracket"][0] == (max(mem) if mem else None)
+    # held-out baseline: the 1,000 digits after each subset in the source's order, measured once per job
+    from diffmem.config import DataConfig
+    from diffmem.data import make_dataset
+    from test_audit import brute
+
+    for p in s["points"]:
+        n = p["size"]
+        both = make_dataset(DataConfig(size=n + 1000)).images  # nested: the subset, then its held-out digits
+        _, _, _, mem = brute(both[n:], both[:n])
+        assert p["n_heldout"] == 1000 and p["heldout_ratio"] == pytest.approx(mem.mean())
+        assert p["heldout_ci"][0] <= mem.mean() <= p["heldout_ci"][1]
+        best = next(r for r in train_rows if r["size"] == n and r["snapshot_kimg"] == p["best_snapshot_kimg"])
+        assert p["c_t"] == best["c_t"] is not None
+    for r in rows:
+        assert r["n_heldout"] == 1000 and r["c_t"] is not None
+        if r["kind"] == "optimal":
+            assert r["c_t"] < -3  # the optimum's samples are training images: data copying
+    assert "C_T (best snapshot)" in (out / "report.md").read_text()
+
     # samples of every snapshot are kept and match the table's count
     job = out / "jobs" / train_rows[0]["job"]
     with np.load(job / "snapshots" / "000000.320" / "samples.npz", allow_pickle=False) as z:

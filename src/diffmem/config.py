@@ -167,6 +167,7 @@ class EMMConfig:
     measure_ends: bool = False  # measure size_min and size_max first: both ends of the transition
     refine_repeats: int = 0  # extra repeats for bracket sizes whose interval straddles 1 − ε
     sample_seed: int = 0  # seed of the first generated sample of every measurement
+    heldout: int = 1000  # held-out images per size (those after the subset in the source's order); 0 = none
 
 
 @dataclass(frozen=True)

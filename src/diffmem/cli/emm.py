@@ -81,12 +81,24 @@ def print_result(res, out: Path, file=None) -> None:
         w(f"EMM ≥ {fmt_size(lo)}: even the largest size measured memorizes ≥ {t:.0%}\n")
     w(f"bracket: |D| = {fmt_size(lo)} memorizes, |D| = {fmt_size(hi)} does not (a size memorizes when ≥ {t:.0%} "
       f"of its samples have d1/d2 < {cfg.measure.threshold:.4g})\n")
-    w(f"{'|D|':>7} {'ratio':>7} {'95 % interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}\n")
+    held = {q["size"]: q for q in res.summary()["points"] if "heldout_ratio" in q}
+    extra = f" {'held-out':>9} {'C_T':>7}" if held else ""
+    w(f"{'|D|':>7} {'ratio':>7} {'95 % interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}{extra}\n")
     for p in res.points:
         flag = "  straddles" if p.straddles(t) else ""
         opt = res.optimal.get(p.size)
+        h = held.get(p.size)
+        cols = ""
+        if held:
+            ct = "—" if h is None or h["c_t"] is None else f"{h['c_t']:+.2f}"
+            cols = f" {'—' if h is None else format(h['heldout_ratio'], '.3f'):>9} {ct:>7}"
         w(f"{p.size:>7,} {p.ratio:>7.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}] {p.best_snapshot_kimg or 0:>10.1f} "
-          f"{p.n_samples:>8,} {'—' if opt is None else f'{opt:.3f}':>8}{flag}\n")
+          f"{p.n_samples:>8,} {'—' if opt is None else f'{opt:.3f}':>8}{cols}{flag}\n")
+    if held:
+        n_h = max(q["n_heldout"] for q in held.values())
+        w(f"held-out: the ratio of up to {n_h:,} images of the source outside the subset (the rule's false-positive "
+          f"rate); C_T: the data-copying statistic at the best snapshot (≪ 0 copying, ≈ 0 matching, ≫ 0 "
+          "underfitting)\n")
     if not cfg.sizes:
         grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) * cfg.repeats
         w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "

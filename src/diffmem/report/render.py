@@ -48,17 +48,35 @@ def _emm_text(s: dict[str, Any], threshold: float) -> str:
     return f"EMM ≥ {_size(lo)}: the largest size measured still memorizes ≥ {threshold:.0%}"
 
 
+def _heldout_cells(p: dict[str, Any]) -> list[str]:
+    """The held-out columns of a point: held-out ratio with its interval and held-out count, C_T."""
+    if "heldout_ratio" not in p:
+        return ["—", "—"]
+    lo, hi = p["heldout_ci"]
+    ct = "—" if p.get("c_t") is None else f"{p['c_t']:+.2f}"
+    return [f"{p['heldout_ratio']:.3f} [{lo:.3f}, {hi:.3f}] of {p['n_heldout']:,}", ct]
+
+
 def _points_table(s: dict[str, Any], threshold: float) -> Block:
     opt = s.get("optimal") or {}
+    held = any("heldout_ratio" in p for p in s["points"])
     rows = []
     for p in s["points"]:
         o = opt.get(str(p["size"]))
         flag = "straddles" if p["ci"][0] < threshold <= p["ci"][1] else ""
         rows.append([f"{p['size']:,}", f"{p['ratio']:.3f}", f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]",
                      f"{p['best_snapshot_kimg'] or 0:g}", f"{p['n_samples']:,}", "—" if o is None else f"{o:.3f}",
-                     flag])
-    return ("table", ["|D|", "ratio", "95 % interval", "best snapshot (kimg)", "samples", "optimum ratio",
+                     *(_heldout_cells(p) if held else []), flag])
+    heads = ["held-out ratio (rule's false positives)", "C_T (best snapshot)"] if held else []
+    return ("table", ["|D|", "ratio", "95 % interval", "best snapshot (kimg)", "samples", "optimum ratio", *heads,
                       f"interval vs {threshold:.0%}"], rows)
+
+
+HELDOUT_NOTE = ("Held-out baseline: the images of the source that follow each subset in its priority order (same "
+                "classes and resolution) were never trained on. Their own ratio is the false-positive rate of the "
+                "d₁/d₂ rule on this data; C_T is the data-copying statistic of \"A Non-Parametric Test to Detect "
+                "Data-Copying in Generative Models\" (AISTATS 2020) at the best snapshot: ≪ 0 copying, ≈ 0 samples "
+                "as far from the training set as fresh images, ≫ 0 underfitting.")
 
 
 def _grids(directory: Path, jobs_root: Path, rows: list[dict[str, Any]], points: list[dict[str, Any]],
@@ -102,6 +120,7 @@ def emm_blocks(directory: Path, figdir: Path) -> list[Block]:
               f"Trainings: {s['n_trainings']} ({s.get('n_trained_now', 0)} in the last invocation); wall time of the "
               f"last invocation {s['wall_s']:,.1f} s."),
         _points_table(s, t),
+        *([("p", HELDOUT_NOTE)] if any("heldout_ratio" in p for p in s["points"]) else []),
         ("img", f1.relative_to(directory), "Memorization ratio against |D| (95 % intervals), the 90 % line, the EMM "
                                            "(dotted) with its interval (shaded), the closed-form optimum (dashed)"),
         ("img", f2.relative_to(directory), "Memorization ratio against training progress, one line per size"),

@@ -64,7 +64,8 @@ class EMMResult:
             "bracket": list(e.bracket),
             "ci": list(e.ci),
             "points": [{"size": p.size, "ratio": p.ratio, "ci": list(p.ci), "best_snapshot_kimg": p.best_snapshot_kimg,
-                        "n_samples": p.n_samples} for p in self.points],
+                        "n_samples": p.n_samples, **heldout_point(p, self.rows, self.config.measure.confidence)}
+                       for p in self.points],
             "optimal": {str(s): r for s, r in sorted(self.optimal.items())},
             "n_trainings": self.n_trainings,
             "wall_s": round(self.wall_s, 3),
@@ -84,6 +85,29 @@ class EMMResult:
         return d
 
 
+def heldout_point(p: Point, rows: list[dict[str, Any]], confidence: float) -> dict[str, Any]:
+    """A size's held-out numbers: the held-out ratio pooled over its runs (the 1/3 rule's false-positive rate
+    on held-out images of this size's source) with its Wilson interval, and C_T at each run's best snapshot
+    (the mean over runs); nothing when the runs have no held-out baseline."""
+    from diffmem.measure import wilson_interval
+
+    k = n = 0
+    c_t = []
+    for r in p.repeats:
+        mine = [row for row in rows if row.get("kind") == "train" and row.get("size") == p.size
+                and row.get("repeat") == r.repeat]
+        best = next((row for row in mine if row.get("snapshot_kimg") == r.best_snapshot_kimg), None)
+        if not mine or mine[0].get("n_heldout") is None:
+            continue
+        k, n = k + int(mine[0]["heldout_memorized"]), n + int(mine[0]["n_heldout"])
+        if best is not None and best.get("c_t") is not None:
+            c_t.append(float(best["c_t"]))
+    if n == 0:
+        return {}
+    return {"heldout_ratio": k / n, "heldout_ci": list(wilson_interval(k, n, confidence)), "n_heldout": n,
+            "c_t": sum(c_t) / len(c_t) if c_t else None}
+
+
 def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve | None = None) -> JobSpec:
     """The resolved, content-addressed job for one size and repeat of ``cfg``."""
     if synthetic is not None:
@@ -95,7 +119,7 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
     return JobSpec("train", size, repeat, {
         "data": to_dict(data), "model": to_dict(cfg.model), "train": to_dict(train), "sample": to_dict(cfg.sample),
         "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
-        "optimal": bool(cfg.optimal and repeat == 0),
+        "optimal": bool(cfg.optimal and repeat == 0), **({"heldout": cfg.heldout} if cfg.heldout > 0 else {}),
     })
 
 
@@ -241,6 +265,15 @@ def _validate(cfg: EMMConfig) -> None:
         raise UsageError(f"n_samples: {cfg.n_samples!r} is not valid; expected an integer ≥ 1")
     if cfg.repeats < 1:
         raise UsageError(f"repeats: {cfg.repeats!r} is not valid; expected an integer ≥ 1")
+    if cfg.measure.copying_cells < 0:
+        raise UsageError(f"measure.copying_cells: {cfg.measure.copying_cells!r} is not valid; expected a number of "
+                         "k-means cells ≥ 1, or 0 for the default")
+    if cfg.measure.copying_tau is not None and not 0 < cfg.measure.copying_tau <= 1:
+        raise UsageError(f"measure.copying_tau: {cfg.measure.copying_tau!r} is not valid; expected the fraction of "
+                         "samples a cell needs, in (0, 1]")
+    if cfg.heldout < 0:
+        raise UsageError(f"heldout: {cfg.heldout!r} is not valid; expected a number of held-out images ≥ 0 "
+                         "(0 = no held-out baseline)")
     if cfg.refine_repeats < 0:
         raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid; expected an integer ≥ 0")
     if cfg.sizes is not None and (not cfg.sizes or min(cfg.sizes) < 1):

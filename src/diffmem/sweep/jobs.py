@@ -3,7 +3,15 @@
 A job is content-addressed by its resolved config: its directory under ``<sweep>/jobs/`` is named
 ``<kind>-s<size>-r<repeat>-<hash>`` and holds ``manifest.json`` (stage ``sweep-job``),
 ``result.json`` (one row per snapshot, and one for the closed-form optimum when asked) and the
-stage artefacts (``dataset/``, ``run/``, ``snapshots/<kimg>/``, ``optimal/``). A job whose manifest
+stage artefacts (``dataset/``, ``run/``, ``snapshots/<kimg>/``, ``optimal/``, and ``heldout/`` when the
+config asks for held-out images).
+
+Held-out baseline (``heldout`` > 0 in the job config): the images of the source that follow the subset in
+its priority order (same classes, resolution and mixing) are measured once per job against the subset
+(the 1/3 rule's false-positive rate: ``heldout/measurement/``) and the k-means cells of the data-copying
+test are fitted once (``heldout/reference.npz``). Every snapshot's (and the optimum's) C_T then costs one
+assignment of its samples to the cells: C_T is computed for every snapshot, so it can be read along
+training and at the best snapshot alike. A job whose manifest
 says complete is read back, never redone; an interrupted job resumes stage by stage (the dataset and
 every measured snapshot are reused, training resumes from its last state).
 """
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmem.artefacts import (
+    atomic_save_npz,
     atomic_write_json,
     config_hash,
     is_complete,
@@ -29,8 +38,9 @@ log = logging.getLogger(__name__)
 
 JOB_STAGE = "sweep-job"
 SNAPSHOT_STAGE = "sweep-measurement"
+HELDOUT_STAGE = "sweep-heldout"
 ROW_KEYS = ("kind", "size", "repeat", "snapshot_kimg", "ratio", "ci_low", "ci_high", "n_memorized", "n_samples",
-            "n_train", "threshold", "job")
+            "n_train", "threshold", "heldout_ratio", "heldout_memorized", "n_heldout", "c_t", "job")
 
 
 @dataclass(frozen=True)
@@ -90,30 +100,76 @@ def run_job(spec: JobSpec, directory: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[str, Any]) -> dict[str, Any]:
+def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[str, Any],
+         heldout: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "kind": kind, "size": spec.size, "repeat": spec.repeat, "snapshot_kimg": snapshot_kimg,
         "ratio": float(summary["memorization_ratio"]), "ci_low": float(summary["ci_low"]),
         "ci_high": float(summary["ci_high"]), "n_memorized": int(summary["n_memorized"]),
         "n_samples": int(summary["n_samples"]), "n_train": int(summary["n_train"]),
         "threshold": float(summary["threshold"]),
+        "heldout_ratio": None if heldout is None else float(heldout["memorization_ratio"]),
+        "heldout_memorized": None if heldout is None else int(heldout["n_memorized"]),
+        "n_heldout": None if heldout is None else int(heldout["n_heldout"]),
+        "c_t": summary.get("c_t"),
     }
 
 
-def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any]) -> dict[str, Any]:
-    """Measure ``samples`` against ``train_set``: ``final/measurement/`` (summary, table, figures),
-    ``final/samples.npz``, and last the manifest that marks ``final`` complete."""
+def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any], heldout=None) -> dict[str, Any]:
+    """Measure ``samples`` against ``train_set`` (and their C_T when a held-out reference is given):
+    ``final/measurement/`` (summary, tables, figures), ``final/samples.npz``, and last the manifest that
+    marks ``final`` complete."""
     from diffmem.io import save_image_set
-    from diffmem.measure import measure, write_measurement
+    from diffmem.measure import TableNames, full_summary, measure, write_measurement
 
     m = measure(samples, train_set, measure_cfg)
+    copying = heldout.copying(samples, m.d1) if heldout is not None else None
+    names = TableNames.of(samples, train_set, len(samples), len(train_set))
     final.mkdir(parents=True, exist_ok=True)
-    write_measurement(m, final / "measurement", samples=samples, train=train_set, cfg=measure_cfg,
+    write_measurement(m, final / "measurement", samples=samples, train=train_set, cfg=measure_cfg, names=names,
+                      summary=full_summary(m, names, heldout, copying),
                       inputs={k: what[k] for k in ("snapshot_kimg", "optimal") if k in what}, overwrite=True)
     save_image_set(final / "samples.npz", samples)
     summary = {k: v for k, v in m.summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    if copying is not None:
+        summary["c_t"] = copying["c_t"]
     write_manifest(final, SNAPSHOT_STAGE, what, summary=summary)
     return summary
+
+
+def _heldout_reference(directory: Path, spec: JobSpec, data_cfg, train_set, measure_cfg, n_heldout: int,
+                       n_samples: int):
+    """The job's held-out reference (None when the subset leaves no image out): built once, then read back."""
+    import numpy as np
+
+    from diffmem.data.build import heldout_set
+    from diffmem.measure import HeldoutReference, TableNames, prepare_heldout, prepare_train, write_measurement
+    from diffmem.measure.copying import Cells
+
+    what = {"data": spec.config["data"], "measure": spec.config["measure"], "heldout": n_heldout, "n": n_samples}
+    if is_complete(directory, HELDOUT_STAGE, what):
+        m = read_manifest(directory) or {}
+        if m.get("summary") is None:
+            return None
+        with np.load(directory / "reference.npz", allow_pickle=False) as z:
+            cells = Cells(centroids=z["centroids"], seed=int(z["seed"]))
+            return HeldoutReference(summary=m["summary"], d1=z["d1"], cells=cells, heldout_cells=z["heldout_cells"],
+                                    train_cells=z["train_cells"], tau=measure_cfg.copying_tau)
+    held = heldout_set(data_cfg, n_heldout)
+    directory.mkdir(parents=True, exist_ok=True)
+    if len(held) == 0:
+        log.info("job %s: the subset holds every image of the source; no held-out baseline", spec.dirname)
+        write_manifest(directory, HELDOUT_STAGE, what, summary=None)
+        return None
+    log.info("job %s: held-out baseline (%d images)", spec.dirname, len(held))
+    ref = prepare_heldout(prepare_train(train_set), held, measure_cfg, n_samples)
+    write_measurement(ref.measurement, directory / "measurement", samples=held, train=train_set, cfg=measure_cfg,
+                      names=TableNames.of(held, train_set, len(held), len(train_set)), overwrite=True,
+                      inputs={"heldout": f"{len(held)} images after the subset in the source's priority order"})
+    atomic_save_npz(directory / "reference.npz", centroids=ref.cells.centroids, seed=np.int64(ref.cells.seed),
+                    d1=ref.d1, heldout_cells=ref.heldout_cells, train_cells=ref.train_cells)
+    write_manifest(directory, HELDOUT_STAGE, what, summary=ref.summary)
+    return ref
 
 
 def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,18 +201,23 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     train_set, label_classes = load_dataset(data_dir)
     classes = present_classes(train_set.labels) if label_classes else None
     rows: list[dict[str, Any]] = []
+    n_heldout = int(c.get("heldout", 0))
+    heldout = (_heldout_reference(directory / "heldout", spec, data_cfg, train_set, measure_cfg, n_heldout, n)
+               if n_heldout > 0 else None)
+    held_what = {"heldout": n_heldout} if n_heldout > 0 else {}
+    held_summary = heldout.summary if heldout is not None else None
 
     if c.get("optimal"):
         what = {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"], "n": n,
-                "seed": seed}
+                "seed": seed, **held_what}
         summary = _measured(directory / "optimal", what)
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
             D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
                                 label_dim=label_classes, device=resolve_device(sample_cfg.device))
             samples = generate(D, n, seed, sample_cfg, classes=classes)
-            summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what)
-        rows.append(_row("optimal", spec, None, summary))
+            summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what, heldout)
+        rows.append(_row("optimal", spec, None, summary, held_summary))
 
     run_dir = train(data_dir, directory / "run", model_cfg, train_cfg, progress=False)
     snapshots = list_snapshots(run_dir)
@@ -164,13 +225,13 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
         raise RunError(f"job {spec.dirname}: training wrote no snapshots in {run_dir}")
     for kimg, path in snapshots:
         what = {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"],
-                "sample": c["sample"], "measure": c["measure"], "n": n, "seed": seed}
+                "sample": c["sample"], "measure": c["measure"], "n": n, "seed": seed, **held_what}
         final = directory / "snapshots" / f"{kimg:010.3f}"
         summary = _measured(final, what)
         if summary is None:
             log.info("job %s: sampling snapshot %.3f kimg (%d samples)", spec.dirname, kimg, n)
             D, _ = load_denoiser(path, device=str(resolve_device(sample_cfg.device)))
             samples = generate(D, n, seed, sample_cfg, classes=classes)
-            summary = _measure_into(final, samples, train_set, measure_cfg, what)
-        rows.append(_row("train", spec, float(kimg), summary))
+            summary = _measure_into(final, samples, train_set, measure_cfg, what, heldout)
+        rows.append(_row("train", spec, float(kimg), summary, held_summary))
     return rows
