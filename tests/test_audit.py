@@ -87,7 +87,7 @@ def test_planted_copies_are_traced_to_their_files_and_ranked(tmp_path, digits, c
     assert s["n_train_copied"] == np.count_nonzero(want) and s["top1pct_images"] == 2
     assert s["top1pct_share"] == pytest.approx((6 + 4) / mem.sum())
     assert [c["name"] for c in s["most_copied"][:3]] == ["digit_7.png", "digit_42.png", "digit_100.png"]
-    assert "most copied:         digit_7.png (6), digit_42.png (4), digit_100.png (2)" in out
+    assert "most copied:         digit_7.png ×6, digit_42.png ×4, digit_100.png ×2" in out
     assert (tmp_path / "audit" / "copies.png").is_file() and (tmp_path / "audit" / "grid.png").is_file()
 
 
@@ -184,3 +184,25 @@ def test_heldout_baseline_known_answers_on_digits(tmp_path, digits, kind, capsys
     else:
         assert ct > 3
     assert len(_rows(tmp_path / "m" / "heldout.csv")) == 400
+
+
+def test_copy_ranking_breaks_ties_the_same_way_everywhere(tmp_path, rng):
+    from diffmem.io import ImageSet
+    from diffmem.measure import measure, write_measurement
+    from diffmem.measure.figures import copied_rows
+
+    train = rng.integers(0, 256, size=(10, 1, 8, 8), dtype=np.uint8)
+    train[9] = train[7]  # a duplicate: one group, one count
+    far = np.clip(train[7].astype(int) + 60, 0, 255).astype(np.uint8)  # NN₁ is image 7, but not memorized
+    samples = np.stack([train[3], train[7], train[3], train[9], far])
+    m = measure(samples, train)
+    nn1, _, _, mem = brute(samples, train)
+    assert m.nn1.tolist() == nn1.tolist() == [3, 7, 3, 7, 7] and m.memorized.tolist() == mem.tolist()
+    out = write_measurement(m, tmp_path / "m", samples=ImageSet(samples), train=ImageSet(train))
+    copies = _rows(out / "copies.csv")
+    # 3 and 7 both have 2 copies; 7 is NN₁ of 3 samples: it ranks first; its duplicate 9 shares the count
+    assert [(c["train_index"], c["copies"], c["nn1_samples"], c["duplicates"], c["duplicate_of"]) for c in copies[:3]] \
+        == [("7", "2", "3", "2", "7"), ("9", "2", "3", "2", "7"), ("3", "2", "2", "1", "3")]
+    s = json.loads((out / "summary.json").read_text())
+    assert [c["train_index"] for c in s["most_copied"]] == [7, 3] and s["n_train_copied"] == 2
+    assert [r[0] for r in copied_rows(m)] == [7, 3]

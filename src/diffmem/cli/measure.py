@@ -101,13 +101,14 @@ def format_summary(s: dict) -> str:
     if "n_train_copied" in s and not s["n_memorized"]:
         lines.append("copied images:       none (no sample is memorized)")
     elif "n_train_copied" in s:
-        lines.append(f"copied images:       {s['n_train_copied']:,} distinct training images are the NN1 of a "
-                     f"memorized sample; the top 1 % ({s['top1pct_images']:,} images) account for "
-                     f"{_pct(s['top1pct_share'])} of the memorized samples")
+        k = s["top1pct_images"]
+        lines.append(f"copied images:       {s['n_train_copied']:,} of {s['n_train_distinct']:,} distinct training "
+                     f"images are the NN1 of a memorized sample; the top 1 % ({k:,} image{'s' if k != 1 else ''}) "
+                     f"account for {_pct(s['top1pct_share'])} of the memorized samples")
         if s.get("most_copied"):
-            top = ", ".join(f"{c['name'] or '#' + str(c['train_index'])} ({c['copies']:,})"
+            top = ", ".join(f"{c['name'] or '#' + str(c['train_index'])} ×{c['copies']:,}"
                             for c in s["most_copied"][:5])
-            lines.append(f"most copied:         {top}  (name (memorized samples))")
+            lines.append(f"most copied:         {top}  (memorized samples per training image)")
     h = s.get("heldout")
     if h:
         lines.append(f"held-out baseline:   {h['n_memorized']:,} of {h['n_heldout']:,} held-out images flagged by the "

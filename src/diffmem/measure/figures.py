@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from diffmem.measure.core import Measurement
-from diffmem.measure.tables import TableNames, group_counts
+from diffmem.measure.tables import TableNames, copy_rank, group_counts
 
 GRID_ROWS_PER_GROUP = 4  # most memorized, borderline and least memorized samples each
 COPIED_ROWS = 8  # training images shown in the most-copied grid
@@ -108,10 +108,8 @@ def copied_rows(m: Measurement, rows: int = COPIED_ROWS, per_row: int = COPIES_P
     """(training index, copies, up to ``per_row`` memorized samples with the lowest d₁/d₂ whose NN₁ it is)
     for the most copied distinct training images (copies > 0), most copied first."""
     copies, _ = group_counts(m)
-    heads = np.flatnonzero(m.train_canonical == np.arange(m.train_canonical.shape[0]))
-    order = heads[np.lexsort((heads, -copies[heads]))]
     out = []
-    for t in order[:rows]:
+    for t in copy_rank(m, distinct=True)[:rows]:
         if copies[t] == 0:
             break
         mine = np.flatnonzero(m.memorized & (m.nn1 == t))

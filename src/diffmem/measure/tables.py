@@ -58,20 +58,26 @@ def group_counts(m: Measurement) -> tuple[np.ndarray, np.ndarray]:
     return copies[m.train_canonical], nearest[m.train_canonical]
 
 
+def copy_rank(m: Measurement, distinct: bool = False) -> np.ndarray:
+    """Training indices, most copied first: by copies, then samples whose NN₁ it is, then index (the order of
+    ``copies.csv``); ``distinct``: one image per group of identical ones (its lowest index)."""
+    copies, nearest = group_counts(m)
+    idx = np.arange(copies.shape[0])
+    if distinct:
+        idx = idx[m.train_canonical == idx]
+    return idx[np.lexsort((idx, -nearest[idx], -copies[idx]))]
+
+
 def copy_summary(m: Measurement, names: TableNames | None = None) -> dict[str, Any]:
     """``n_train_copied``, ``top1pct_images``, ``top1pct_share``, ``max_copies`` and ``most_copied``."""
-    canonical = m.train_canonical
-    is_head = canonical == np.arange(canonical.shape[0])
     copies, _ = group_counts(m)
-    per_group = copies[is_head]
-    n_distinct = int(is_head.sum())
-    k = max(1, math.ceil(TOP_SHARE * n_distinct))
+    heads = copy_rank(m, distinct=True)
+    per_group = copies[heads]
+    k = max(1, math.ceil(TOP_SHARE * heads.size))
     n_mem = int(m.memorized.sum())
-    top = np.sort(per_group)[::-1][:k]
-    heads = np.flatnonzero(is_head)
-    order = heads[np.lexsort((heads, -per_group))][:MOST_COPIED_LISTED]
+    top = per_group[:k]
     most = [{"train_index": int(i), "name": None if names is None else str(names.train[i]),
-             "copies": int(copies[i])} for i in order if copies[i] > 0]
+             "copies": int(copies[i])} for i in heads[:MOST_COPIED_LISTED] if copies[i] > 0]
     return {
         "n_train_copied": int(np.count_nonzero(per_group)),
         "top1pct_images": int(k),
@@ -99,7 +105,7 @@ def copy_columns(m: Measurement, names: TableNames) -> dict[str, np.ndarray]:
     """The columns of ``copies.csv``: every training image, most copied first (then most often NN₁, then index)."""
     copies, nearest = group_counts(m)
     idx = np.arange(copies.shape[0])
-    order = np.lexsort((idx, -nearest, -copies))
+    order = copy_rank(m)
     group_size = np.bincount(m.train_canonical, minlength=idx.size)[m.train_canonical]
     return {
         "rank": np.arange(1, idx.size + 1), "train_index": idx[order], "train_name": names.train[order],
