@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from diffmem.cli.common import parse_fraction, print_json
+from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
 from diffmem.devices import resolve_device
 from diffmem.errors import UsageError
@@ -17,6 +18,8 @@ EXAMPLES = (
     "  diffmem measure --samples gen.npz --train out/data          # summary on the terminal\n"
     "  diffmem measure --samples gen/ --train train.npz --out m/   # + summary.json, table.npz, figures\n"
     "  diffmem measure --samples gen.npz --train train.npz --threshold 1/4 --json\n"
+    "  diffmem measure --samples gen/ --train train/ --features sscd.onnx --out m/   # in an embedding space\n"
+    "  diffmem measure --samples gen_emb.npz --train train_emb.npz --features precomputed --similarity 0.5\n"
 )
 
 
@@ -39,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"rows kept per sample before the exact re-rank (default {d.candidates})")
     parser.add_argument("--confidence", type=float, default=d.confidence, metavar="C",
                         help=f"confidence level of the Wilson interval (default {d.confidence})")
+    add_feature_arguments(parser)
 
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
@@ -79,21 +83,29 @@ def run(args: argparse.Namespace) -> int:
     from diffmem.measure import measure, write_measurement
 
     cfg = _config(args)
+    space = feature_space(args)  # None: pixels
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
-    samples = _load(load_images, args.samples, "--samples")
-    train = _load(load_images, args.train, "--train")
-    m = measure(samples, train, cfg, progress=True)
+    if space is None:
+        samples = _load(load_images, args.samples, "--samples")
+        train = _load(load_images, args.train, "--train")
+        m = measure(samples, train, cfg, progress=True)
+    else:
+        m, samples, train = measure_in_space(args, space, cfg, lambda path, opt: _load(load_images, path, opt))
     summary = dict(m.summary)
     if out is not None:
         inputs = {"samples": str(args.samples), "train": str(args.train)}
+        if space is not None:
+            inputs.update(features=args.features, samples_features=args.samples_features,
+                          train_features=args.train_features)
         write_measurement(m, out, samples=samples, train=train, inputs=inputs, cfg=cfg)
         summary["out"] = str(out)
     if args.json:
         print_json(summary)
     else:
-        sys.stdout.write(format_summary(summary) + "\n")
+        sys.stdout.write(format_summary(summary) + "\n" + format_feature_lines(summary))
         if out is not None:
-            sys.stdout.write(f"wrote:               {out}/ (summary.json, table.npz, ratios.png, grid.png)\n")
+            files = ", ".join(sorted(p.name for p in out.iterdir() if p.name != "manifest.json"))
+            sys.stdout.write(f"wrote:               {out}/ ({files})\n")
     return 0
