@@ -164,10 +164,15 @@ def test_pickled_weights_and_folder_code_are_never_run(tmp_path, capsys):
         def __reduce__(self):
             return (exec, (evil,))
 
-    (bin_dir / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    payload = pickle.dumps(Boom())
+    pickle.loads(payload)  # the payload is live: unpickling it does write the marker
+    exec(evil)  # and so does the code planted in the folder below
+    assert marker.exists()
+    marker.unlink()
+    (bin_dir / "diffusion_pytorch_model.bin").write_bytes(payload)
     diffusers.DDPMScheduler().save_pretrained(bin_dir)
     assert main(["sample", "--diffusers", str(bin_dir), "--n", "2", "--out", str(tmp_path / "a.npz")]) == 2
-    assert "a pickle), which is never loaded" in capsys.readouterr().err
+    assert "a pickle), which is never loaded" in capsys.readouterr().err and not marker.exists()
     # a safetensors index that names a pickled shard
     (bin_dir / "diffusion_pytorch_model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"conv_in.weight": "diffusion_pytorch_model.bin"}}))

@@ -191,6 +191,9 @@ def load_diffusers_model(
     dev = resolve_device(device)
     os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported: no hub access, ever
     diffusers = require("diffusers", "diffusers", option)
+    if not hasattr(diffusers, sched_class):
+        raise UsageError(f"--scheduler: {sched_class} is not in the installed diffusers {diffusers.__version__}; "
+                         "expected a newer diffusers (pip install -U diffusers) or another --scheduler")
     try:
         unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True, local_files_only=True,
                                                      low_cpu_mem_usage=False)
