@@ -84,7 +84,8 @@ def test_edm_euler_scheduler_matches_the_euler_method_with_edm_preconditioning(t
     unet.save_pretrained(tmp_path)  # a model folder with the scheduler config beside it
     diffusers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0).save_pretrained(tmp_path)
     model = load_diffusers_model(tmp_path, "saved", "cpu")
-    assert model.scheduler_class == "EDMEulerScheduler"
+    assert model.scheduler_class == "EDMEulerScheduler" and model.dtype == torch.float32
+    assert load_diffusers_model(tmp_path, "saved", "cpu", "float64").dtype == torch.float64
     seeds, steps = np.array([0, 1]), 6
     x, _ = sample_diffusers_seeds(model, seeds, steps)
     # reference (EDM paper, Table 1 and Algorithm 1 without the second-order correction), float64 between calls

@@ -337,3 +337,37 @@ def test_measure_config_of_features_keeps_pixel_threshold_semantics(planted):
     m = measure_features(samples, train, cfg=MeasureConfig(threshold=0.01))
     nn1, nn2, d1, d2, _, _ = brute_force(samples, train, "cosine")
     np.testing.assert_array_equal(m.memorized, d1 / d2 < 0.01)
+
+
+def test_onnx_model_of_any_size_needs_one_size_for_both_sets(rng, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["emb"], axis=1)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                            ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "pool.onnx"))
+    # constant images: the channel means are known whatever the resize (values c/255 per channel)
+    levels = rng.integers(0, 256, size=(6, 3), dtype=np.uint8)
+    big = np.broadcast_to(levels[:, :, None, None], (6, 3, 8, 8)).copy()
+    small = np.broadcast_to(levels[:, :, None, None], (6, 3, 4, 4)).copy()
+    save_image_set(tmp_path / "big.npz", ImageSet(big))
+    save_image_set(tmp_path / "small.npz", ImageSet(small))
+    base = ["measure", "--samples", str(tmp_path / "big.npz"), "--train", str(tmp_path / "small.npz"),
+            "--features", str(tmp_path / "pool.onnx"), "--distance", "l2"]
+    assert main(base) == 2
+    assert "--preprocess size: the model takes any image size, and --samples are 8×8 but --train are 4×4" in \
+        capsys.readouterr().err
+    out = tmp_path / "m"
+    assert main([*base, "--preprocess", "size=4", "--out", str(out), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["n_memorized"] == 6 and d["feature_space"]["size"] == [4, 4]
+    from diffmem.measure.encoder import OnnxEncoder, Preprocess
+
+    np.testing.assert_allclose(OnnxEncoder(tmp_path / "pool.onnx", Preprocess(size=(4, 4)))(big),
+                               levels / 255.0, rtol=0, atol=1e-6)

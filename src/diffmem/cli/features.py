@@ -77,6 +77,11 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
         encoder = OnnxEncoder(space.model, pre, device=str(resolve_device(cfg.device)))  # refuses a bad model now
         describe = encoder.describe()
         samples, train = load(args.samples, "--samples"), load(args.train, "--train")
+        if encoder.size is None and samples.shape[1:] != train.shape[1:]:
+            raise UsageError(f"--preprocess size: the model takes any image size, and --samples are "
+                             f"{'×'.join(map(str, samples.shape[1:]))} but --train are "
+                             f"{'×'.join(map(str, train.shape[1:]))}; expected one size for both, e.g. "
+                             f"--preprocess size={train.shape[1]}")
         s_vec = encoder(samples.images, what="samples", progress=True)
         t_vec = encoder(train.images, what="training images", progress=True)
         seeds = samples.seeds

@@ -56,8 +56,11 @@ class Preprocess:
 def _normalise_keys(d: dict[str, Any]) -> dict[str, Any]:
     """One number where a list is expected becomes a list (``size=224`` → [224, 224], ``std=0.5`` → [0.5])."""
     out = dict(d)
-    if isinstance(out.get("size"), int) and not isinstance(out.get("size"), bool):
-        out["size"] = [out["size"], out["size"]]
+    size = out.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        out["size"] = [size, size]
+    elif isinstance(size, list) and len(size) == 1:
+        out["size"] = size * 2
     for k in ("mean", "std", "value_range"):
         if isinstance(out.get(k), (int, float)) and not isinstance(out.get(k), bool):
             out[k] = [out[k]]

@@ -196,11 +196,11 @@ def load_diffusers_model(
                          "expected a newer diffusers (pip install -U diffusers) or another --scheduler")
     try:
         unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True, local_files_only=True,
-                                                     low_cpu_mem_usage=False)
+                                                     low_cpu_mem_usage=False, torch_dtype=DTYPES[dtype])
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UsageError(f"{option}: cannot load the UNet2DModel in {unet_dir} ({' '.join(str(e).split())[:300]})") \
             from e
-    unet.to(device=dev, dtype=DTYPES[dtype]).eval()
+    unet.to(dev).eval()
     out_ch, in_ch = int(unet.config.out_channels), int(unet.config.in_channels)
     if out_ch not in (in_ch, 2 * in_ch):
         raise UsageError(f"{option}: the UNet maps {in_ch} channels to {out_ch}; expected {in_ch} (or {2 * in_ch} "
