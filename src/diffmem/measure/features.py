@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 KINDS = ("pixels", "onnx", "precomputed")
 FEATURES_LAYOUT = "'features' float32 N×D (optional 'names', 'seeds', 'images')"
+SEARCH_GUARANTEE = ("exact: NN1 and NN2 are the two nearest distinct training vectors in float64 arithmetic on the "
+                    "vectors as given (a float32 pass certified by a rounding bound, then a float64 re-rank; ties to "
+                    "the lower index); distances and cosines are float64 sums")
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,6 @@ def measure_features(
     summary = dict(m.summary)
     summary["similarity"] = similarity_summary(max_cos, space.similarity, cfg.confidence)
     summary["feature_space"] = {"kind": space.kind, "distance": space.distance, "dim": int(train.shape[1]),
-                                "dtype": str(train.dtype), **(describe or {})}
+                                "dtype": str(train.dtype), "search": SEARCH_GUARANTEE, **(describe or {})}
     extra = {"max_cosine": max_cos, "nn_cosine": nn_cos.astype(np.int64), "similar": similar}
     return dataclasses.replace(m, summary=summary, extra={**m.extra, **extra})
