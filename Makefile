@@ -28,7 +28,7 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	@$(PY) -c "import diffmem" && touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
-	$(PIP) install -q -e ".[dev,faiss,ray]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q -e ".[dev,faiss,ray,onnx,diffusers]" 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c "import pytest, ruff" && touch $@
 
 install: $(VENV)/.base

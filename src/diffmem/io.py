@@ -132,7 +132,12 @@ def _int_vector(a: np.ndarray, n: int, name: str, what: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def load_npz(path: str | os.PathLike) -> ImageSet:
+def read_npz(path: str | os.PathLike, names: tuple[str, ...], required: str, expected: str) -> dict[str, np.ndarray]:
+    """The arrays ``names`` that a ``.npz`` file holds (``required`` must be there), never unpickling.
+
+    A file that does not start as a zip archive is refused before ``np.load`` sees it (it would take
+    anything else for a pickle); object arrays are refused. ``expected`` ends the missing-array message.
+    """
     path = Path(path)
     what = str(path)
     try:
@@ -142,9 +147,9 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
             raise UsageError(f"{what}: not a .npz archive (it does not start as a zip file); "
                              "expected arrays saved with numpy.savez")
         with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UsageError(f"{what}: no 'images' array (has {sorted(z.files)}); expected the diffmem npz layout")
-            arrays = {k: z[k] for k in ("images", "labels", "seeds", "source_ids", "names") if k in z.files}
+            if required not in z.files:
+                raise UsageError(f"{what}: no {required!r} array (has {sorted(z.files)}); expected {expected}")
+            return {k: z[k] for k in names if k in z.files}
     except UsageError:
         raise
     except ValueError as e:
@@ -154,6 +159,11 @@ def load_npz(path: str | os.PathLike) -> ImageSet:
         raise UsageError(f"{what}: not a readable .npz file ({e})") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise UsageError(f"{what}: not a readable .npz file ({e})") from e
+
+
+def load_npz(path: str | os.PathLike) -> ImageSet:
+    what = str(path)
+    arrays = read_npz(path, ("images", "labels", "seeds", "source_ids", "names"), "images", "the diffmem npz layout")
     images = _check_images(arrays["images"], what)
     n = images.shape[0]
     extra = {k: _int_vector(v, n, k, what) for k, v in arrays.items() if k not in ("images", "names")}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from diffmem.cli.common import parse_fraction, print_json
+from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
 from diffmem.devices import resolve_device
 from diffmem.errors import UsageError
@@ -18,6 +19,8 @@ EXAMPLES = (
     "  diffmem measure --samples gen/ --train train_pngs/ --heldout test_pngs/ --out audit/\n"
     "  diffmem measure --samples gen32/ --train dataset.zip --resize 8 --channels 1 --out audit/\n"
     "  diffmem measure --samples gen.npz --train train.npz --threshold 1/4 --json\n"
+    "  diffmem measure --samples gen/ --train train/ --features sscd.onnx --out m/   # in an embedding space\n"
+    "  diffmem measure --samples gen_emb.npz --train train_emb.npz --features precomputed --similarity 0.5\n"
 )
 SHAPE_FLAGS = "pass --resize R and/or --channels 1|3 to convert every image on the fly"
 
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"rows kept per sample before the exact re-rank (default {d.candidates})")
     g.add_argument("--confidence", type=float, default=d.confidence, metavar="C",
                    help=f"confidence level of the Wilson interval (default {d.confidence})")
+    add_feature_arguments(parser)
 
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
@@ -167,27 +171,38 @@ def run(args: argparse.Namespace) -> int:
     from diffmem.measure.tables import TableNames
 
     cfg = _config(args)
+    space = feature_space(args)  # None: pixels
     conv = _conversion(args)
+    if space is not None and args.heldout:
+        raise UsageError("--heldout: the held-out baseline is measured in pixels only; expected --features pixels "
+                         "(or measure the held-out images as --samples in a second run)")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
-    samples = _load(args.samples, "--samples", conv)
-    train = _load(args.train, "--train", conv)
-    heldout = _load(args.heldout, "--heldout", conv) if args.heldout else None
-    _check_shapes("--samples", samples.shape, train.shape)
-    if heldout is not None:
-        _check_shapes("--heldout", heldout.shape, train.shape)
-    index = prepare_train(train)
-    m = measure(samples, index, cfg, progress=True)
-    ref = prepare_heldout(index, heldout, cfg, len(samples), progress=True) if heldout is not None else None
-    copying = ref.copying(samples, m.d1) if ref is not None else None
-    names = TableNames.of(samples, train, len(samples), len(train))
+    ref = copying = heldout = None
+    if space is None:
+        samples = _load(args.samples, "--samples", conv)
+        train = _load(args.train, "--train", conv)
+        heldout = _load(args.heldout, "--heldout", conv) if args.heldout else None
+        _check_shapes("--samples", samples.shape, train.shape)
+        if heldout is not None:
+            _check_shapes("--heldout", heldout.shape, train.shape)
+        index = prepare_train(train)
+        m = measure(samples, index, cfg, progress=True)
+        ref = prepare_heldout(index, heldout, cfg, len(samples), progress=True) if heldout is not None else None
+        copying = ref.copying(samples, m.d1) if ref is not None else None
+    else:
+        m, samples, train = measure_in_space(args, space, cfg, lambda path, option: _load(path, option, conv))
+    names = TableNames.of(samples, train, m.nn1.shape[0], m.train_canonical.shape[0])
     extra = {} if conv.identity else {"conversion": conv.describe()}
     summary = full_summary(m, names, ref, copying, **extra)
     if out is not None:
         inputs = {"samples": str(args.samples), "train": str(args.train)}
         if args.heldout:
             inputs["heldout"] = str(args.heldout)
+        if space is not None:
+            inputs.update(features=args.features, samples_features=args.samples_features,
+                          train_features=args.train_features)
         heldout_names = TableNames.of(heldout, train, len(heldout), len(train)) if heldout is not None else None
         write_measurement(m, out, samples=samples, train=train, names=names, heldout=ref, copying=copying,
                           heldout_names=heldout_names, summary=summary, inputs=inputs, cfg=cfg)
@@ -195,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        sys.stdout.write(format_summary(summary) + "\n")
+        sys.stdout.write(format_summary(summary) + "\n" + format_feature_lines(summary))
         if out is not None:
             files = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
             sys.stdout.write(f"wrote:               {out}/ ({', '.join(files)})\n")

@@ -13,17 +13,20 @@ import time
 import numpy as np
 
 from diffmem.cli.common import print_json
+from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options, sample_diffusers
 from diffmem.config import SampleConfig
 from diffmem.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-HELP = "generate samples with the EDM Heun sampler from a trained run or the closed-form optimum"
+HELP = ("generate samples with the EDM Heun sampler from a trained run or the closed-form optimum, or sample a "
+        "diffusers model")
 EXAMPLES = """\
   diffmem sample --optimal data/digits-64 --n 1000 --seed 0 --out gen/optimal.npz
   diffmem sample --run runs/digits-64 --snapshot 256 --n 1000 --out gen/kimg256.npz
   diffmem sample --run runs/cond --n 100 --label 3 --steps 32 --out gen/three.npz --json
   diffmem sample --run runs/digits-64 --n 10000 --out gen/pngs/     # one PNG per sample (FID tools read it)
+  diffmem sample --diffusers my-ddpm/ --scheduler ddim --steps 50 --n 1000 --out gen/ddpm.npz
 """
 
 # SampleConfig field → the option that sets it (for error messages)
@@ -38,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--run", metavar="RUN", help="a training run directory or a .safetensors checkpoint")
     src.add_argument("--optimal", metavar="DIR", help="a dataset (artefact dir or .npz) whose closed-form optimum "
                                                       "is sampled")
+    src.add_argument("--diffusers", metavar="DIR", help="a locally saved diffusers UNet2DModel with its scheduler "
+                                                        "config (the [diffusers] extra; never fetched from a hub)")
     parser.add_argument("--snapshot", type=float, metavar="KIMG", help="with --run: the snapshot closest to KIMG "
                                                                         "(default: the final weights)")
     parser.add_argument("--n", type=int, required=True, help="number of samples")
@@ -49,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "(default: uniform per sample, from its seed)")
     g = parser.add_argument_group("sampler")
     g.add_argument("--solver", choices=("heun", "euler"), default=d.solver, help=f"ODE solver (default {d.solver})")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"noise levels (default {d.steps}; Heun evaluates "
-                                                              "the denoiser 2·steps−1 times)")
+    g.add_argument("--steps", type=int, help=f"noise levels (default {d.steps}; Heun evaluates the denoiser "
+                                             "2·steps−1 times); with --diffusers: scheduler steps (default 50)")
     g.add_argument("--sigma-min", type=float, default=d.sigma_min,
                    help=f"smallest noise level σ_min (default {d.sigma_min})")
     g.add_argument("--sigma-max", type=float, default=d.sigma_max,
@@ -65,15 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--unconditional", action="store_true",
                    help="with --optimal: ignore the dataset's labels (default: conditional when it has label classes)")
-    g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="with --optimal: compute dtype of the optimum (default float64)")
+    g.add_argument("--dtype", choices=("float64", "float32"),
+                   help="with --optimal: compute dtype of the optimum (default float64); with --diffusers: the UNet's "
+                        "(default float32; float64 makes every sample bit-identical whatever --batch)")
+    add_diffusers_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _config(args: argparse.Namespace) -> SampleConfig:
     from diffmem.sample import check_sample_config
 
-    cfg = SampleConfig(solver=args.solver, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+    steps = SampleConfig().steps if args.steps is None or args.diffusers is not None else args.steps
+    cfg = SampleConfig(solver=args.solver, steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                        rho=args.rho, S_churn=args.churn, S_min=args.s_min, S_max=args.s_max, S_noise=args.s_noise,
                        batch=args.batch, device=args.device)
     check_sample_config(cfg, OPTION_NAMES)
@@ -92,11 +100,11 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     if args.unconditional:
         classes = 0
     device = resolve_device(cfg.device)
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
     denoiser = OptimalDenoiser(train.images, train.labels if classes > 0 else None, label_dim=classes, dtype=dtype,
                                device=device)
     kind = f"{classes} classes" if classes else "unconditional"
-    what = f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype}, {device})"
+    what = f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype or 'float64'}, {device})"
     return denoiser, what, present_classes(train.labels) if classes > 0 else None
 
 
@@ -146,7 +154,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--snapshot: {args.snapshot} is not valid; expected a number of kimg >= 0")
     if args.unconditional and args.optimal is None:
         raise UsageError("--unconditional: applies to --optimal only; expected --optimal DIR")
-    if args.dtype != "float64" and args.optimal is None:
+    check_options(args)
+    if args.diffusers is not None:
+        samples, dcfg, summary, lines = sample_diffusers(args)
+        if to_dir:
+            save_image_folder(args.out, samples, dcfg, denoiser=summary["denoiser"], label=args.label,
+                              inputs={"diffusers": args.diffusers})
+        else:
+            save_image_set(args.out, samples)
+        summary["format"] = "png directory" if to_dir else "npz"
+        if args.json:
+            print_json(summary)
+        else:
+            print("\n".join(lines))
+        return 0
+    if args.dtype is not None and args.optimal is None:
         raise UsageError(f"--dtype: {args.dtype!r} applies to --optimal only; a trained model computes in its own "
                          "dtype")
     denoiser, what, classes = _optimal(args, cfg) if args.optimal is not None else (*_trained(args, cfg), None)

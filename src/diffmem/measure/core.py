@@ -2,13 +2,14 @@
 
 A generated sample x is memorized when d₁/d₂ < threshold (default 1/3), with d₁, d₂ its exact ℓ2
 distances to the nearest and second-nearest distinct training images. The memorization ratio is the
-memorized fraction, reported with a Wilson confidence interval.
+memorized fraction, reported with a Wilson confidence interval. Feature vectors may instead be compared
+by cosine distance 1 − cos (``distance="cosine"``; see :mod:`diffmem.measure.features`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from diffmem.errors import UsageError
 from diffmem.io import ImageSet
 from diffmem.measure.knn import search
 from diffmem.measure.stats import wilson_interval
-from diffmem.measure.vectors import TrainIndex, as_vectors, check_compatible, prepare_train
+from diffmem.measure.vectors import DISTANCES, TrainIndex, as_vectors, check_compatible, prepare_train, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,12 @@ class Measurement:
     memorized: np.ndarray  # bool n: ratio < threshold
     nn1_copies: np.ndarray  # int64 n: identical copies of NN₁ in the training set
     train_canonical: np.ndarray  # int64 N_train: lowest index of each training image's group of identical ones
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further per-sample columns (feature criteria)
 
     def table(self) -> dict[str, np.ndarray]:
         """The per-sample table as named arrays."""
-        return {k: getattr(self, k) for k in ("sample_index", "seeds", "nn1", "nn2", "d1", "d2", "ratio",
-                                              "memorized", "nn1_copies")}
+        return {**{k: getattr(self, k) for k in ("sample_index", "seeds", "nn1", "nn2", "d1", "d2", "ratio",
+                                                 "memorized", "nn1_copies")}, **self.extra}
 
 
 def _check_cfg(cfg: MeasureConfig) -> None:
@@ -79,11 +81,19 @@ class StreamingMeasurer:
     """
 
     def __init__(self, train: ImageSet | np.ndarray | TrainIndex, cfg: MeasureConfig | None = None, *,
-                 progress: bool = False, min_samples: int = MIN_SAMPLES) -> None:
+                 progress: bool = False, min_samples: int = MIN_SAMPLES, distance: str = "l2") -> None:
         cfg = cfg or MeasureConfig()
         _check_cfg(cfg)
-        self.cfg = cfg
-        self.index = train if isinstance(train, TrainIndex) else prepare_train(train)
+        if distance not in DISTANCES:
+            raise UsageError(f"--distance: {distance!r} is not valid; expected one of {', '.join(DISTANCES)}")
+        self.cfg, self.distance = cfg, distance
+        if isinstance(train, TrainIndex):
+            if distance == "cosine" and not np.allclose(train.sq_norms, 1.0, rtol=0, atol=1e-12):
+                raise UsageError("--train: a prepared index for the cosine distance must hold unit vectors; "
+                                 "expected prepare_train(unit_rows(features))")
+            self.index = train
+        else:
+            self.index = prepare_train(unit_rows(train, "--train") if distance == "cosine" else train)
         self.device = resolve_device(cfg.device)
         self.progress = progress
         self.min_samples = min_samples  # warn below this many samples
@@ -94,6 +104,8 @@ class StreamingMeasurer:
         """Search one batch of samples (images or feature vectors) against the training set."""
         q, shape = as_vectors(images, "--samples")
         check_compatible(shape, self.index.shape)
+        if self.distance == "cosine":
+            q = unit_rows(q, "--samples")
         q, index = _matching_dtypes(q, self.index)
         if seeds is None and isinstance(images, ImageSet):
             seeds = images.seeds
@@ -113,12 +125,13 @@ class StreamingMeasurer:
         ids = np.concatenate([p[1] for p in self._parts])
         sq = np.concatenate([p[2] for p in self._parts])
         return _finish(seeds, ids, sq, self.index, self.cfg, str(self.device), self._n_fallback,
-                       self.min_samples)
+                       self.min_samples, self.distance)
 
 
 def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainIndex, cfg: MeasureConfig,
-            device: str, n_fallback: int, min_samples: int = MIN_SAMPLES) -> Measurement:
-    d = np.sqrt(sq)
+            device: str, n_fallback: int, min_samples: int = MIN_SAMPLES, distance: str = "l2") -> Measurement:
+    # ℓ2: d = ‖x − b‖; cosine: d = 1 − cos(x, b) = ‖x̂ − b̂‖² / 2 on the unit vectors searched
+    d = np.sqrt(sq) if distance == "l2" else sq / 2.0
     d1, d2 = d[:, 0], d[:, 1]  # d2 > 0: NN₂ differs from NN₁, so it cannot equal the sample too
     ratio = d1 / d2
     memorized = ratio < cfg.threshold
@@ -145,7 +158,8 @@ def _finish(seeds: np.ndarray, ids: np.ndarray, sq: np.ndarray, index: TrainInde
         "median_ratio": float(np.median(ratio)),
         "item_shape": list(index.shape),
         "dim": index.dim,
-        "distance": "l2 on uint8 pixel values" if index.is_uint8 else "l2 on feature vectors",
+        "distance": ("l2 on uint8 pixel values" if index.is_uint8 else "l2 on feature vectors") if distance == "l2"
+        else "cosine distance (1 - cos) on feature vectors",
         "backend": cfg.backend,
         "device": device,
         "candidates": cfg.candidates,
@@ -165,8 +179,9 @@ def measure(
     *,
     progress: bool = False,  # progress bar on stderr
     min_samples: int = MIN_SAMPLES,  # warn (log and summary) when fewer samples are measured
+    distance: str = "l2",  # l2, or cosine (1 − cos) for feature vectors
 ) -> Measurement:
     """Memorization ratio of ``samples`` against ``train`` (exact NN₁/NN₂, Wilson interval)."""
-    m = StreamingMeasurer(train, cfg, progress=progress, min_samples=min_samples)
+    m = StreamingMeasurer(train, cfg, progress=progress, min_samples=min_samples, distance=distance)
     m.add(samples)
     return m.result()

@@ -46,6 +46,27 @@ def as_vectors(x: ImageSet | np.ndarray, what: str) -> tuple[np.ndarray, tuple[i
     return np.ascontiguousarray(v), shape
 
 
+DISTANCES = ("l2", "cosine")  # ℓ2, or cosine distance 1 − cos on L2-normalized feature vectors
+
+
+def unit_rows(x: ImageSet | np.ndarray, what: str) -> np.ndarray:
+    """Feature vectors scaled to unit ℓ2 norm, in float64 (so cosine distances keep float64 accuracy).
+
+    For unit vectors ‖â − b̂‖² = 2 − 2·cos(a, b): the exact ℓ2 search on them ranks by cosine.
+    """
+    v, _ = as_vectors(x, what)
+    if v.dtype == np.uint8:
+        raise UsageError(f"{what}: cosine distance applies to feature vectors, not uint8 pixels; "
+                         "expected float features (see --features) or the l2 distance")
+    v = v.astype(np.float64)
+    norms = np.sqrt(sq_norms(v))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise UsageError(f"{what}: vector {int(zero[0])} is all zeros ({zero.size} such); expected nonzero "
+                         "feature vectors for the cosine distance")
+    return v / norms[:, None]
+
+
 def sq_norms(v: np.ndarray) -> np.ndarray:
     """Squared norms of the rows in float64, in chunks (exact for uint8 pixels)."""
     out = np.empty(v.shape[0], np.float64)

@@ -84,24 +84,94 @@ def sample_seeds(
     sigmas = schedule_for(denoiser, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     # EDM Alg. 2 line 1: the initial state x ~ N(0, σ_0² I) at the schedule's first level
     x = noise.randn(shape, device=device) * float(sigmas[0])
-    label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
-    if label_dim > 0:
-        pool = torch.arange(label_dim) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
-        drawn = pool[noise.randint(len(pool))]
-        labels = drawn if labels is None else torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
-        if labels.shape[0] != len(noise):
-            raise UsageError(f"labels: {labels.shape[0]} labels for {len(noise)} samples; expected one per sample")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
-            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
-                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
-        labels = labels.to(device)
-    else:
-        labels = None
+    labels = draw_labels(noise, int(getattr(denoiser, "label_dim", 0) or 0), classes, labels)
+    labels = labels.to(device) if labels is not None else None
     solve = SOLVERS[cfg.solver]
     with torch.no_grad():
         x0 = solve(denoiser, x, sigmas, labels=labels, randn_like=noise.randn_like, S_churn=cfg.S_churn,
                    S_min=cfg.S_min, S_max=cfg.S_max, S_noise=cfg.S_noise, callback=callback)
     return x0, (labels.cpu() if labels is not None else None)
+
+
+def draw_labels(
+    noise: SeedNoise,
+    label_dim: int,                      # classes the model takes (0: unconditional, returns None)
+    classes: torch.Tensor | None = None,  # labels to draw from; None = all label_dim
+    labels: torch.Tensor | None = None,   # given labels (one per sample): the draw is still made, then replaced
+) -> torch.Tensor | None:
+    """Each sample's label, drawn uniformly from ``classes`` by its own generator (right after its initial
+    noise), unless ``labels`` are given; int64 on the CPU. The draw always happens, so the generators
+    are in the same state afterwards whether labels were given or not."""
+    if label_dim <= 0:
+        return None
+    pool = torch.arange(label_dim) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
+    drawn = pool[noise.randint(len(pool))]
+    labels = drawn if labels is None else torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+    if labels.shape[0] != len(noise):
+        raise UsageError(f"labels: {labels.shape[0]} labels for {len(noise)} samples; expected one per sample")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
+        raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
+                         f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
+    return labels
+
+
+def check_request(
+    n: int, seed: int, label_dim: int, labels: np.ndarray | torch.Tensor | int | None,
+    classes: np.ndarray | torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Validate a request for ``n`` samples from ``seed``: (labels, one per sample, or None; classes or None)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UsageError(f"n: {n!r} is not valid; expected an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX - n:
+        raise UsageError(f"seed: {seed!r} is not valid; expected an integer in [0, 2**63 - 1 - n]")
+    if labels is not None and label_dim > 0:
+        labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.shape[0] != n:
+            raise UsageError(f"labels: {labels.shape[0]} labels for {n} samples; expected one per sample or one")
+        if int(labels.min()) < 0 or int(labels.max()) >= label_dim:
+            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
+                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
+    elif labels is not None:
+        log.info("labels ignored: the model is unconditional (label_dim=0)")
+        labels = None
+    if classes is not None and label_dim > 0:
+        classes = torch.as_tensor(np.asarray(classes), dtype=torch.int64).reshape(-1)
+        if classes.numel() == 0 or int(classes.min()) < 0 or int(classes.max()) >= label_dim:
+            raise UsageError(f"classes: {classes.tolist()[:8]} is not valid; expected a non-empty list of labels "
+                             f"in 0..{label_dim - 1} (the denoiser's label_dim)")
+    return labels, classes  # type: ignore[return-value]
+
+
+def run_batches(
+    n: int,
+    seed: int,
+    shape: tuple[int, ...],  # C×H×W of one sample
+    batch: int,  # samples per pass
+    steps: int,  # progress-bar steps per batch (one per ``callback`` call)
+    sample_batch,  # (seeds, lo, hi, callback) -> (float model-scale states in [-1, 1], labels or None)
+    *,
+    progress: bool = False,
+) -> ImageSet:
+    """The batching loop of every sampler: seeds ``seed + arange(n)``, batches of ``batch``, uint8 images."""
+    seeds = int(seed) + np.arange(n, dtype=np.int64)
+    images = np.empty((n, *shape), dtype=np.uint8)
+    out_labels = np.full(n, -1, dtype=np.int64)
+    n_batches = -(-n // batch)
+    bar = progress_bar(n_batches * steps, f"sampling {n} images ({n_batches} batches × {steps} steps)",
+                       "step", enabled=progress)
+    try:
+        for b in range(n_batches):
+            lo, hi = b * batch, min(n, (b + 1) * batch)
+            x0, lab = sample_batch(seeds[lo:hi], lo, hi, lambda *_: bar.update(1))
+            images[lo:hi] = to_uint8(x0).cpu().numpy()
+            if lab is not None:
+                out_labels[lo:hi] = lab.numpy()
+            log.debug("sampled images %d..%d of %d", lo, hi - 1, n)
+    finally:
+        bar.close()
+    return ImageSet(images=images, labels=out_labels, seeds=seeds)
 
 
 def generate(
@@ -120,48 +190,15 @@ def generate(
     Returned labels are the ones sampled with (−1 for an unconditional denoiser). Sample k depends
     only on its seed and ``cfg`` (not on ``cfg.batch``).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UsageError(f"n: {n!r} is not valid; expected an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX - n:
-        raise UsageError(f"seed: {seed!r} is not valid; expected an integer in [0, 2**63 - 1 - n]")
     check_sample_config(cfg)
     shape = _image_shape(denoiser)
-    label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
-    if labels is not None and label_dim > 0:
-        labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.shape[0] != n:
-            raise UsageError(f"labels: {labels.shape[0]} labels for {n} samples; expected one per sample or one")
-        if int(labels.min()) < 0 or int(labels.max()) >= label_dim:
-            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
-                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
-    elif labels is not None:
-        log.info("labels ignored: the denoiser is unconditional (label_dim=0)")
-        labels = None
-    if classes is not None and label_dim > 0:
-        classes = torch.as_tensor(np.asarray(classes), dtype=torch.int64).reshape(-1)
-        if classes.numel() == 0 or int(classes.min()) < 0 or int(classes.max()) >= label_dim:
-            raise UsageError(f"classes: {classes.tolist()[:8]} is not valid; expected a non-empty list of labels "
-                             f"in 0..{label_dim - 1} (the denoiser's label_dim)")
-    seeds = int(seed) + np.arange(n, dtype=np.int64)
-    images = np.empty((n, *shape), dtype=np.uint8)
-    out_labels = np.full(n, -1, dtype=np.int64)
-    n_batches = -(-n // cfg.batch)
-    bar = progress_bar(n_batches * cfg.steps, f"sampling {n} images ({n_batches} batches × {cfg.steps} steps)",
-                       "step", enabled=progress)
-    try:
-        for b in range(n_batches):
-            lo, hi = b * cfg.batch, min(n, (b + 1) * cfg.batch)
-            x0, lab = sample_seeds(denoiser, seeds[lo:hi], cfg, labels=None if labels is None else labels[lo:hi],
-                                   classes=classes, callback=lambda *_: bar.update(1))
-            images[lo:hi] = to_uint8(x0).cpu().numpy()
-            if lab is not None:
-                out_labels[lo:hi] = lab.numpy()
-            log.debug("sampled images %d..%d of %d", lo, hi - 1, n)
-    finally:
-        bar.close()
-    return ImageSet(images=images, labels=out_labels, seeds=seeds)
+    labels, classes = check_request(n, seed, int(getattr(denoiser, "label_dim", 0) or 0), labels, classes)
+
+    def sample_batch(seeds, lo, hi, callback):
+        return sample_seeds(denoiser, seeds, cfg, labels=None if labels is None else labels[lo:hi], classes=classes,
+                            callback=callback)
+
+    return run_batches(n, seed, shape, cfg.batch, cfg.steps, sample_batch, progress=progress)
 
 
 def present_classes(labels: np.ndarray | None) -> np.ndarray | None:
