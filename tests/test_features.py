@@ -4,8 +4,8 @@ The ONNX encoders are assembled here with onnx.helper (linear projections whose 
 form); embeddings carry planted near-duplicates; both criteria are checked against a brute force.
 """
 
-import dataclasses
 import csv
+import dataclasses
 import json
 import sys
 
