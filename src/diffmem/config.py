@@ -164,6 +164,7 @@ class EMMConfig:
     measure_ends: bool = False  # measure size_min and size_max first: both ends of the transition
     refine_repeats: int = 0  # extra repeats for bracket sizes whose interval straddles 1 − ε
     sample_seed: int = 0  # seed of the first generated sample of every measurement
+    frontier: bool = False  # EMM at every snapshot budget up to train.kimg: sizes and run lengths chosen for it
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,208 @@
+"""The law of the frontier: τ_mem(|D|) = a · |D|^α fitted to the measured onsets, and the EMM it predicts.
+
+τ_mem(|D|) is the budget (kimg) at which a training set of |D| images first reaches a memorization
+ratio of 1 − ε. "Why diffusion models don't memorize: the role of implicit dynamical regularization
+in training" (2025) finds that it grows linearly with |D| (α = 1), which makes the frontier EMM(T) a
+straight line on log–log axes. This module measures α rather than assuming it.
+
+- **Onset of one size.** Its ratio at each budget it was trained to (best snapshot up to the budget,
+  pooled over repeats: :mod:`diffmem.sweep.frontier`) never decreases. The onset lies between the last
+  budget below 1 − ε and the first at or above it, and is interpolated linearly in log kimg between
+  the two (as the EMM is interpolated in log |D|). A size already at 1 − ε at its first snapshot is
+  censored from below (τ ≤ that budget); one still below it at its last is censored from above
+  (τ > that budget). Censored sizes do not enter the fit.
+- **Fit.** Least squares of log τ on log |D| over the sizes with an interpolated onset (at least 2).
+  The interval of α is a percentile bootstrap over those sizes (resample them with replacement, refit;
+  seeded, so the same data give the same interval; at least 3 sizes).
+- **Prediction.** Inverting the law, EMM(T) = (T / a)^(1/α); its interval is the percentile interval
+  of the same prediction over the bootstrap fits.
+- **Hold-out.** The same fit on the snapshots up to half the final budget predicts the EMM at the
+  final budget, which is compared with the EMM measured there: within ±20 % the law holds here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diffmem.sweep.frontier import TOL, BudgetEMM, frontier
+
+N_BOOT = 2000  # bootstrap refits for α's interval
+BOOT_SEED = 0  # the bootstrap's seed: the same onsets give the same interval
+HOLDOUT_TOLERANCE = 0.20  # the law holds here when the hold-out prediction is within ±20 % of the measured EMM
+PREDICT_FACTORS = (2.0, 4.0)  # budgets beyond the final one at which the law predicts the EMM
+
+
+@dataclass(frozen=True)
+class Onset:
+    """τ_mem of one size: interpolated, or censored (``kimg`` None) with the budget that bounds it."""
+
+    size: int
+    kimg: float | None
+    below: float | None  # the last budget still below 1 − ε (None: memorized at its first snapshot)
+    above: float | None  # the first budget at or above 1 − ε (None: not memorized by its last snapshot)
+
+    def summary(self) -> dict[str, Any]:
+        return {"size": self.size, "kimg": self.kimg, "below": self.below, "above": self.above}
+
+
+def onsets(front: Sequence[BudgetEMM], threshold: float) -> list[Onset]:
+    """τ_mem of every size with exact points in ``front`` (lower-bound points are left out)."""
+    curves: dict[int, list[tuple[float, float]]] = {}
+    for b in front:
+        for p in b.points:
+            if p.size not in b.partial:
+                curves.setdefault(p.size, []).append((b.kimg, p.ratio))
+    out = []
+    for size, seq in sorted(curves.items()):
+        seq.sort()
+        j = next((i for i, (_, r) in enumerate(seq) if r >= threshold), None)
+        if j is None:
+            out.append(Onset(size, None, seq[-1][0], None))
+        elif j == 0:
+            out.append(Onset(size, None, None, seq[0][0]))
+        else:
+            (T0, r0), (T1, r1) = seq[j - 1], seq[j]
+            # log-budget linear interpolation of the ratio at 1 − ε (r0 < threshold ≤ r1)
+            w = (threshold - r0) / (r1 - r0)
+            out.append(Onset(size, float(math.exp(math.log(T0) + w * (math.log(T1) - math.log(T0)))), T0, T1))
+    return out
+
+
+def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slope and intercept of least squares y ≈ c + α·x along the last axis, and where the slope is defined."""
+    xm, ym = x.mean(-1, keepdims=True), y.mean(-1, keepdims=True)
+    sxx = ((x - xm) ** 2).sum(-1)
+    ok = sxx > 1e-12
+    alpha = np.where(ok, ((x - xm) * (y - ym)).sum(-1) / np.where(ok, sxx, 1.0), np.nan)
+    return alpha, ym[..., 0] - alpha * xm[..., 0], ok
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """τ_mem = a · |D|^α fitted on log–log, with its bootstrap over sizes."""
+
+    a: float
+    alpha: float
+    sizes: tuple[int, ...]  # the sizes fitted (interpolated onsets)
+    confidence: float
+    boot_log_a: np.ndarray = field(repr=False, compare=False)  # log a of each bootstrap fit
+    boot_alpha: np.ndarray = field(repr=False, compare=False)  # α of each bootstrap fit
+
+    @property
+    def alpha_ci(self) -> tuple[float, float] | None:
+        """Percentile interval of α over the bootstrap fits (None with fewer than 3 sizes)."""
+        if len(self.boot_alpha) == 0:
+            return None
+        q = (1 - self.confidence) / 2
+        lo, hi = np.quantile(self.boot_alpha, [q, 1 - q])
+        return float(lo), float(hi)
+
+    def onset(self, size: float) -> float:
+        """τ_mem(size) = a · size^α (kimg)."""
+        return self.a * size ** self.alpha
+
+    def emm(self, kimg: float) -> float | None:
+        """EMM at budget ``kimg``: the size whose onset is ``kimg``, (T / a)^(1/α); None unless α > 0."""
+        return float((kimg / self.a) ** (1 / self.alpha)) if self.alpha > 0 else None
+
+    def emm_ci(self, kimg: float) -> tuple[float, float] | None:
+        """Percentile interval of the predicted EMM over the bootstrap fits with α > 0."""
+        ok = self.boot_alpha > 0
+        if not ok.any():
+            return None
+        pred = np.exp((math.log(kimg) - self.boot_log_a[ok]) / self.boot_alpha[ok])
+        q = (1 - self.confidence) / 2
+        lo, hi = np.quantile(pred, [q, 1 - q])
+        return float(lo), float(hi)
+
+    def onset_ci(self, size: float) -> tuple[float, float] | None:
+        """Percentile interval of τ_mem(size) over the bootstrap fits."""
+        if len(self.boot_alpha) == 0:
+            return None
+        pred = np.exp(self.boot_log_a + self.boot_alpha * math.log(size))
+        q = (1 - self.confidence) / 2
+        lo, hi = np.quantile(pred, [q, 1 - q])
+        return float(lo), float(hi)
+
+    def summary(self) -> dict[str, Any]:
+        return {"a": self.a, "alpha": self.alpha, "alpha_ci": self.alpha_ci, "sizes": list(self.sizes),
+                "n_boot": int(len(self.boot_alpha)), "boot_seed": BOOT_SEED, "confidence": self.confidence}
+
+
+def fit_law(ons: Sequence[Onset], *, confidence: float = 0.95, n_boot: int = N_BOOT,
+            seed: int = BOOT_SEED) -> PowerLaw | None:
+    """Fit τ_mem = a·|D|^α to the interpolated onsets (None with fewer than 2 sizes)."""
+    pts = [(o.size, o.kimg) for o in ons if o.kimg is not None]
+    if len({s for s, _ in pts}) < 2:
+        return None
+    x = np.log([float(s) for s, _ in pts])
+    y = np.log([float(t) for _, t in pts])
+    # least squares on log–log: log τ = log a + α · log |D|
+    alpha, log_a, _ = _ols(x, y)
+    boot_a, boot_alpha = np.empty(0), np.empty(0)
+    if len(pts) >= 3:
+        idx = np.random.default_rng(seed).integers(0, len(pts), size=(n_boot, len(pts)))
+        ba, bc, ok = _ols(x[idx], y[idx])
+        boot_alpha, boot_a = ba[ok], bc[ok]  # resamples of a single size have no slope
+    return PowerLaw(a=float(math.exp(log_a)), alpha=float(alpha), sizes=tuple(s for s, _ in pts),
+                    confidence=confidence, boot_log_a=boot_a, boot_alpha=boot_alpha)
+
+
+def _prediction(law: PowerLaw, kimg: float) -> dict[str, Any]:
+    return {"kimg": kimg, "emm": law.emm(kimg), "ci": law.emm_ci(kimg)}
+
+
+def holdout(rows: Sequence[Mapping[str, Any]], threshold: float, measured: BudgetEMM,
+            confidence: float = 0.95) -> dict[str, Any]:
+    """Fit on the snapshots up to half the final budget, predict the EMM at the final budget, compare."""
+    half = measured.kimg / 2
+    out: dict[str, Any] = {"fit_upto_kimg": half, "final_kimg": measured.kimg, "tolerance": HOLDOUT_TOLERANCE,
+                           "measured_emm": measured.estimate.emm, "measured_ci": list(measured.estimate.ci)}
+    early = [r for r in rows if r.get("snapshot_kimg") is None or float(r["snapshot_kimg"]) <= half + TOL]
+    law = fit_law(onsets(frontier(early, threshold, confidence), threshold), confidence=confidence)
+    if law is None:
+        out["reason"] = f"fewer than 2 sizes reach {threshold:.0%} between two snapshots up to {half:g} kimg"
+        return out
+    pred = law.emm(measured.kimg)
+    out.update({"sizes": list(law.sizes), "alpha": law.alpha, "alpha_ci": law.alpha_ci, "a": law.a,
+                "predicted_emm": pred, "predicted_ci": law.emm_ci(measured.kimg)})
+    if measured.estimate.emm is None:
+        out["reason"] = "the EMM at the final budget lies outside the sizes measured; nothing to compare with"
+    elif pred is None:
+        out["reason"] = f"the fit up to {half:g} kimg has α = {law.alpha:.3g} ≤ 0: it predicts no EMM"
+    else:
+        err = pred / measured.estimate.emm - 1
+        out.update({"error": err, "within_tolerance": abs(err) <= HOLDOUT_TOLERANCE})
+    return out
+
+
+def law_report(rows: Sequence[Mapping[str, Any]], front: Sequence[BudgetEMM], threshold: float,
+               confidence: float = 0.95) -> dict[str, Any]:
+    """Everything ``emm.json`` says about the law: onsets, fit, predictions, hold-out, and the fitted
+    curves the report draws (so the report recomputes nothing)."""
+    ons = onsets(front, threshold)
+    law = fit_law(ons, confidence=confidence)
+    out: dict[str, Any] = {"onsets": [o.summary() for o in ons], "fit": None, "predictions": [],
+                           "holdout": None, "curve_budget": [], "curve_size": []}
+    if not front:
+        return out
+    final = front[-1]
+    out["holdout"] = holdout(rows, threshold, final, confidence)
+    if law is None:
+        return out
+    out["fit"] = law.summary()
+    ci = law.alpha_ci
+    out["linear"] = None if ci is None else ci[0] <= 1.0 <= ci[1]  # α's interval holds 1: the linear law
+    out["predictions"] = [_prediction(law, f * final.kimg) for f in PREDICT_FACTORS]
+    lo_T = front[0].kimg
+    out["curve_budget"] = [_prediction(law, float(T)) for T in
+                           np.geomspace(lo_T, PREDICT_FACTORS[-1] * final.kimg, 24)]
+    fitted = [o.size for o in ons if o.kimg is not None]
+    out["curve_size"] = [{"size": float(s), "kimg": law.onset(s), "ci": law.onset_ci(s)}
+                         for s in np.geomspace(min(fitted) / 1.2, max(fitted) * 1.2, 24)]
+    return out
