@@ -351,6 +351,12 @@ EMM_PRESETS: dict[str, EMMConfig] = {
 }
 
 
+# The frontier of the embedded default: the digits preset unchanged but for a 4× budget (768 kimg, 12,000 steps),
+# the EMM bracketed at each of its 12 snapshot budgets (64, 128, …, 768 kimg) and the law τ_mem = a·|D|^α fitted.
+EMM_PRESETS["digits-frontier"] = dataclasses.replace(
+    EMM_PRESETS["digits"], frontier=True, train=dataclasses.replace(EMM_PRESETS["digits"].train, kimg=768.0))
+
+
 def emm_preset(name: str) -> EMMConfig:
     """The EMM experiment preset ``name``."""
     if name not in EMM_PRESETS:

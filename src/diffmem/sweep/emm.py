@@ -81,6 +81,8 @@ class EMMResult:
         }
         if self.config.frontier:
             out.update(self._frontier(points=False))
+            for p in out["points"]:  # a size whose run stopped once it memorized: its ratio at the final budget is ≥
+                p["lower_bound"] = p["size"] in self.frontier[-1].partial
         return out
 
     def _frontier(self, points: bool) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def run_emm(
     """Find the EMM of ``cfg`` (or the ratios at ``cfg.sizes``), resuming whatever ``out`` already holds."""
     t0 = time.perf_counter()
     out = Path(out)
-    _validate(cfg)
+    validate(cfg)
     ident = _check_out(out, cfg, synthetic)
     with dir_lock(out):
         return _run(cfg, out, ident, t0, backend=backend, jobs_root=jobs_root, synthetic=synthetic,
@@ -282,7 +284,8 @@ def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratio
     return specs
 
 
-def _validate(cfg: EMMConfig) -> None:
+def validate(cfg: EMMConfig) -> None:
+    """Refuse an EMM config that cannot run, naming the field and what is expected (before any work)."""
     if not 0 < cfg.epsilon < 1:
         raise UsageError(f"epsilon: {cfg.epsilon!r} is not valid; expected a number in (0, 1)")
     if cfg.n_samples < 1:

@@ -11,10 +11,10 @@ What a run says about budget T:
 - a run that reached T (its last snapshot is at T or later): its exact ratio at T;
 - a run that ended before T having already memorized (ratio ≥ 1 − ε): it still memorizes at T (the best
   snapshot up to T can only be higher); its ratio counts as a lower bound and its interval's upper end
-  is set to 1, since the data do not bound it from above. Its interval's lower end is raised to the
-  largest lower end among the larger sizes measured at T: the ratio falls with |D| (the assumption the
-  bracket rests on), and without this a run stopped just after it memorized would pin the EMM's lower
-  bound at its size for every later budget;
+  is set to 1, since the data do not bound it from above. Its ratio and its interval's lower end are
+  raised to the largest among the larger sizes measured at T: the ratio falls with |D| (the assumption
+  the bracket rests on), and without this a run stopped just after it memorized would pin the EMM's
+  lower bound at its size for every later budget (its counts stay those measured);
 - a run that ended before T without memorizing: nothing; the size is left out at T.
 
 The frontier search (``frontier: true``) chooses sizes *and* run lengths so that EMM(T) is bracketed
@@ -136,12 +136,13 @@ def frontier(rows: Sequence[Mapping[str, Any]], threshold: float, confidence: fl
                 points.append(p)
                 if not exact:
                     partial.append(size)
-        floor = 0.0  # the largest interval lower end among larger sizes
+        ratio_floor = ci_floor = 0.0  # the largest ratio and interval lower end among larger sizes
         for i in reversed(range(len(points))):
             p = points[i]
-            if p.size in partial and p.ci[0] < floor:
-                points[i] = dataclasses.replace(p, ci=(floor, p.ci[1]))
-            floor = max(floor, points[i].ci[0])
+            if p.size in partial:
+                points[i] = p = dataclasses.replace(p, ratio=max(p.ratio, ratio_floor), ci=(max(p.ci[0], ci_floor),
+                                                                                            p.ci[1]))
+            ratio_floor, ci_floor = max(ratio_floor, p.ratio), max(ci_floor, p.ci[0])
         out.append(BudgetEMM(kimg=float(T), estimate=estimate(points, threshold), points=tuple(points),
                              partial=tuple(partial)))
     return out
@@ -213,3 +214,21 @@ def bracket_ok(b: BudgetEMM, bracket_factor: float) -> bool:
 def max_budget_searches(budgets: Sequence[float], per_search: int) -> tuple[int, float]:
     """Trainings and kimg at most of the baseline: one EMM search per budget, each run to its budget."""
     return len(budgets) * per_search, float(sum(budgets) * per_search)
+
+
+def frontier_table(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the frontier table (``emm.json``'s ``frontier`` entries), for CLI and report."""
+    def n(x: float | None) -> str:
+        return "—" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for b in entries:
+        e, (lo, hi), (clo, chi) = b["emm"], b["bracket"], b["ci"]
+        if e is None:
+            e_text = f"< {n(hi)}" if b.get("below_range") else f"≥ {n(lo)}" if b.get("above_range") else "—"
+        else:
+            e_text = n(e)
+        rows.append([f"{b['kimg']:,.4g}", e_text, f"[{n(clo)}, {n(chi)}]", f"[{n(lo)}, {n(hi)}]",
+                     "—" if b.get("epochs_at_emm") is None else f"{b['epochs_at_emm']:,.0f}"])
+    return ["budget (kimg)", "EMM (training images)", "95 % interval", "bracket (memorizes, does not)",
+            "images seen per training image at the EMM"], rows

@@ -5,7 +5,9 @@ A job is content-addressed by its resolved config: its directory under ``<sweep>
 ``result.json`` (one row per snapshot, and one for the closed-form optimum when asked) and the
 stage artefacts (``dataset/``, ``run/``, ``snapshots/<kimg>/``, ``optimal/``). A job whose manifest
 says complete is read back, never redone; an interrupted job resumes stage by stage (the dataset and
-every measured snapshot are reused, training resumes from its last state).
+every measured snapshot are reused, training resumes from its last state). A job whose run only
+differs by its length from a complete job's in the same directory starts from that job's run
+(:mod:`diffmem.sweep.lineage`).
 """
 
 from __future__ import annotations
@@ -116,6 +118,18 @@ def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, 
     return summary
 
 
+def snapshot_what(c: dict[str, Any], kimg: float) -> dict[str, Any]:
+    """What the measurement of the snapshot at ``kimg`` of the job of config ``c`` is keyed by."""
+    return {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"], "sample": c["sample"],
+            "measure": c["measure"], "n": int(c["n_samples"]), "seed": int(c["sample_seed"])}
+
+
+def optimal_what(c: dict[str, Any]) -> dict[str, Any]:
+    """What the measurement of the closed-form optimum of the job of config ``c`` is keyed by."""
+    return {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"],
+            "n": int(c["n_samples"]), "seed": int(c["sample_seed"])}
+
+
 def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
     if not is_complete(final, SNAPSHOT_STAGE, what):
         return None
@@ -130,6 +144,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser, generate
     from diffmem.sample.generate import present_classes
+    from diffmem.sweep.lineage import start_from_shorter
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
 
@@ -145,10 +160,10 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     train_set, label_classes = load_dataset(data_dir)
     classes = present_classes(train_set.labels) if label_classes else None
     rows: list[dict[str, Any]] = []
+    start_from_shorter(spec, directory, data_dir)
 
     if c.get("optimal"):
-        what = {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"], "n": n,
-                "seed": seed}
+        what = optimal_what(c)
         summary = _measured(directory / "optimal", what)
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
@@ -163,8 +178,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     if not snapshots:
         raise RunError(f"job {spec.dirname}: training wrote no snapshots in {run_dir}")
     for kimg, path in snapshots:
-        what = {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"],
-                "sample": c["sample"], "measure": c["measure"], "n": n, "seed": seed}
+        what = snapshot_what(c, kimg)
         final = directory / "snapshots" / f"{kimg:010.3f}"
         summary = _measured(final, what)
         if summary is None:

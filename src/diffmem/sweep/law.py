@@ -206,3 +206,52 @@ def law_report(rows: Sequence[Mapping[str, Any]], front: Sequence[BudgetEMM], th
     out["curve_size"] = [{"size": float(s), "kimg": law.onset(s), "ci": law.onset_ci(s)}
                          for s in np.geomspace(min(fitted) / 1.2, max(fitted) * 1.2, 24)]
     return out
+
+
+def _n(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def _ci(ci: Sequence[float | None] | None) -> str:
+    return "[—]" if not ci else f"[{_n(ci[0])}, {_n(ci[1])}]"
+
+
+def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
+    """The law in words, one sentence per line, every number with what it is (CLI and report alike)."""
+    ons = law.get("onsets") or []
+    fit = law.get("fit")
+    exact = [o for o in ons if o["kimg"] is not None]
+    out = [f"onsets: {len(ons)} sizes, {len(exact)} reach {threshold:.0%} between two snapshots (interpolated in "
+           f"log kimg), {sum(o['below'] is None for o in ons)} already at their first snapshot, "
+           f"{sum(o['above'] is None for o in ons)} not by their last"]
+    if fit is None:
+        out.append("law: not fitted (it needs the onsets of at least 2 sizes)")
+    else:
+        ci = fit.get("alpha_ci")
+        if ci is None:
+            verdict = "no interval for α (it needs at least 3 sizes)"
+        else:
+            holds = ci[0] <= 1.0 <= ci[1]
+            verdict = (f"{fit['confidence']:.0%} interval of α [{ci[0]:.3f}, {ci[1]:.3f}] (bootstrap over sizes, "
+                       f"{fit['n_boot']:,} refits): {'holds' if holds else 'excludes'} 1, "
+                       f"{'consistent with' if holds else 'not'} the linear law")
+        out.append(f"law: τ_mem = {fit['a']:.4g} · |D|^{fit['alpha']:.3f} kimg, least squares on log–log over "
+                   f"{len(fit['sizes'])} sizes; {verdict}")
+    for p in law.get("predictions") or []:
+        out.append(f"predicted EMM at {p['kimg']:,.4g} kimg (beyond the budgets trained): {_n(p['emm'])} training "
+                   f"images, {_ci(p['ci'])} over the bootstrap fits")
+    h = law.get("holdout")
+    if h:
+        head = (f"hold-out: fitted on the snapshots up to {h['fit_upto_kimg']:,.4g} kimg"
+                + (f" ({len(h['sizes'])} sizes, α = {h['alpha']:.3f})" if h.get("sizes") else ""))
+        if "error" in h:
+            err = h["error"]
+            verdict = (f"within ±{h['tolerance']:.0%}: the law holds here" if h["within_tolerance"] else
+                       f"outside ±{h['tolerance']:.0%}: the law does not hold here, the prediction is off by "
+                       f"{abs(err):.0%}")
+            out.append(f"{head}, it predicts EMM {_n(h['predicted_emm'])} {_ci(h['predicted_ci'])} at "
+                       f"{h['final_kimg']:,.4g} kimg, where {_n(h['measured_emm'])} {_ci(h['measured_ci'])} is "
+                       f"measured: error {err:+.1%} ({verdict})")
+        else:
+            out.append(f"{head}: no check ({h['reason']})")
+    return out
