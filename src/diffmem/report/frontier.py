@@ -30,6 +30,14 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
                          label="bracket (memorizes, does not)")
     ax1.errorbar(T, E, yerr=[[e - x for e, x in zip(E, lo)], [x - e for e, x in zip(E, hi)]], marker="o", ms=4,
                  capsize=3, color="C0", ls="", label="EMM (95 % interval)")
+    below = [b for b in front if b["below_range"]]
+    if below:  # EMM < the smallest size measured
+        ax1.plot([b["kimg"] for b in below], [b["bracket"][1] for b in below], marker="v", ls="", color="C4",
+                 label="EMM below the smallest size measured")
+    above = [b for b in front if b["above_range"]]
+    if above:  # EMM ≥ the largest size measured
+        ax1.plot([b["kimg"] for b in above], [b["bracket"][0] for b in above], marker="^", ls="", color="C4",
+                 label="EMM above the largest size measured")
     curve = [c for c in law.get("curve_budget") or [] if c["emm"] is not None]
     if curve:
         cT = [c["kimg"] for c in curve]
@@ -61,6 +69,8 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
     if curve:
         ax2.plot([c["kimg"] for c in curve], [c["kimg"] * 1000 / c["emm"] for c in curve], ls="--", color="C2",
                  label="law (flat when α = 1)")
+    if not est:
+        ax2.text(0.5, 0.5, "no EMM inside the sizes measured", ha="center", transform=ax2.transAxes)
     ax2.set_xscale("log")
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel("training budget (kimg; log scale)")
