@@ -253,6 +253,12 @@ def test_frontier_config_is_validated_before_any_work(tmp_path):
         with pytest.raises(UsageError, match=f"^{field}: .* with frontier: true"):
             run_emm(dataclasses.replace(CFG, **change), tmp_path / "x", synthetic=SyntheticCurve())
     assert not (tmp_path / "x").exists()
+    from diffmem.cli import main  # a study's dry run checks its frontier values too
+
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"name": "s", "factors": {"model.channels": [8]},
+                                 "base": {"preset": "digits", "frontier": True, "train": {"kimg": 100}}}))
+    assert main(["study", "--config", str(study), "--out", str(tmp_path / "st"), "--dry-run"]) == 2
 
 
 def test_cli_frontier_flag_dry_run_and_synthetic_json(tmp_path, capsys):

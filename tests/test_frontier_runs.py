@@ -4,6 +4,7 @@ shorter job of their lineage, and a tiny frontier search end to end with real tr
 import dataclasses
 import io
 import json
+import shutil
 from contextlib import redirect_stdout
 
 import pytest
@@ -109,6 +110,11 @@ def test_a_longer_job_starts_from_the_shorter_one(tmp_path, monkeypatch):
     assert len(measured) == 5
     assert _rows(rows) == _rows(straight)  # the same weights, so the same samples and ratios
     assert [r["snapshot_kimg"] for r in rows if r["kind"] == "train"] == [0.032, 0.064, 0.096, 0.128]
+    # the shorter job's run removed (its results kept): the longer job trains from the start instead
+    shutil.rmtree(tmp_path / "jobs" / short.dirname / "run")
+    shutil.rmtree(tmp_path / "jobs" / long.dirname)
+    measured.clear()
+    assert _rows(run_job(long, tmp_path / "jobs" / long.dirname)) == _rows(straight) and len(measured) == 5
 
 
 @pytest.mark.slow

@@ -12,6 +12,17 @@ from typing import Any
 from diffmem.report.figures import _pyplot, _save
 
 
+def _log(ax, which: str) -> None:
+    """A log axis labelled in plain numbers at 1, 2 and 5 × 10^k (no crowded minor labels)."""
+    from matplotlib import ticker
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], path: Path) -> Path:
     """Left: EMM against the budget (kimg), log–log: the EMM with its 95 % interval, the bracket as a band, the
     fitted law (dashed, bootstrap band) beyond the budgets trained, the hold-out prediction for the final
@@ -55,8 +66,12 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
         ax1.errorbar([h["final_kimg"]], [h["predicted_emm"]],
                      yerr=[[h["predicted_emm"] - ci[0]], [ci[1] - h["predicted_emm"]]], marker="D", ms=6, capsize=3,
                      color="C3", ls="", label=f"predicted from budgets ≤ {h['fit_upto_kimg']:,.4g} kimg")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
+    _log(ax1, "x")
+    _log(ax1, "y")
+    shown = E + [b["bracket"][i] for b in front for i in (0, 1) if b["bracket"][i] is not None]
+    shown += [c["emm"] for c in curve] + ([h["predicted_emm"]] if h.get("predicted_emm") is not None else [])
+    if shown:  # the data and the fitted line; a wide bootstrap band is cut rather than squashing them
+        ax1.set_ylim(min(shown) / 1.5, max(shown) * 1.5)
     ax1.set_xlabel("training budget (kimg = thousands of images seen; log scale)")
     ax1.set_ylabel("EMM (training images; log scale)")
     ax1.grid(alpha=0.3, which="both")
@@ -71,8 +86,8 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
                  label="law (flat when α = 1)")
     if not est:
         ax2.text(0.5, 0.5, "no EMM inside the sizes measured", ha="center", transform=ax2.transAxes)
-    ax2.set_xscale("log")
-    ax2.set_ylim(bottom=0)
+    _log(ax2, "x")
+    ax2.set_ylim(0, max([v for v in y] + [1.0]) * 1.6)
     ax2.set_xlabel("training budget (kimg; log scale)")
     ax2.set_ylabel("images seen per training image at the EMM (epochs)")
     ax2.grid(alpha=0.3, which="both")
@@ -116,8 +131,8 @@ def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
         mid = (xs[0] * xs[-1]) ** 0.5
         t_mid = fit["a"] * mid ** fit["alpha"]
         ax.plot(xs, [t_mid * x / mid for x in xs], ls=":", color="k", lw=0.9, label="α = 1 (linear law), for reference")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log(ax, "x")
+    _log(ax, "y")
     ax.set_xlabel("training-set size |D| (log scale)")
     ax.set_ylabel("τ_mem: first budget at 1 − ε (kimg; log scale)")
     ax.grid(alpha=0.3, which="both")

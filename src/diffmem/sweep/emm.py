@@ -81,7 +81,7 @@ class EMMResult:
         }
         if self.config.frontier:
             out.update(self._frontier(points=False))
-            for p in out["points"]:  # a size whose run stopped once it memorized: its ratio at the final budget is ≥
+            for p in out["points"]:  # its run stopped once it memorized: the ratio at the final budget is at least this
                 p["lower_bound"] = p["size"] in self.frontier[-1].partial
         return out
 
@@ -156,6 +156,7 @@ def max_trainings(cfg: EMMConfig) -> int:
     bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
                                                                cfg.bracket_factor) + 2 * cfg.measure_ends)
     if cfg.frontier:
+        _validate_frontier(cfg)
         bound = min(bound * len(frontier_budgets(cfg.train)), cfg.size_max - cfg.size_min + 1)
     return bound * cfg.repeats
 

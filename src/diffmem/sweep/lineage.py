@@ -40,6 +40,8 @@ def lineage_key(spec: JobSpec) -> str:
 def find_shorter(spec: JobSpec, root: Path) -> tuple[Path, dict[str, Any]] | None:
     """The complete job in ``root`` of the same lineage with the longest run shorter than ``spec``'s
     (its directory and config), or None."""
+    from diffmem.train.checkpoints import STATE_FILE
+
     kimg = spec.config["train"].get("kimg")
     if kimg is None or not root.is_dir():
         return None
@@ -48,6 +50,8 @@ def find_shorter(spec: JobSpec, root: Path) -> tuple[Path, dict[str, Any]] | Non
         m = read_manifest(d)
         if not m or m.get("stage") != JOB_STAGE or m.get("status") != "complete":
             continue
+        if not is_complete(d / "run", "run") or not (d / "run" / STATE_FILE).is_file():
+            continue  # its run was removed: nothing to start from
         cfg = (m.get("config") or {}).get("config") or {}
         other = (cfg.get("train") or {}).get("kimg")
         if other is None or not other < kimg:
