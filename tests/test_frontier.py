@@ -192,14 +192,15 @@ def test_onsets_interpolate_in_log_budget_and_censor_the_ends():
 
 
 def test_fit_recovers_an_exact_power_law():
-    ons = [Onset(s, 3.0 * s ** 1.5, None, None) for s in (10, 20, 40, 80)]
+    ons = [Onset(s, 3.0 * s ** 1.5, None, None) for s in (10, 20, 40, 80, 160)]
     law = fit_law(ons)
     assert law.alpha == pytest.approx(1.5, abs=1e-12) and law.a == pytest.approx(3.0, rel=1e-12)
     assert law.alpha_ci == pytest.approx((1.5, 1.5), abs=1e-9)
     assert law.emm(3.0 * 50 ** 1.5) == pytest.approx(50.0)
     assert law.emm_ci(300.0) == pytest.approx(((300 / 3) ** (1 / 1.5),) * 2)
     assert fit_law(ons[:1]) is None
-    assert fit_law(ons[:2]).alpha_ci is None  # an interval needs at least 3 sizes
+    assert fit_law(ons[:4]).alpha_ci is None and fit_law(ons[:4]).emm_ci(300.0) is None  # the bootstrap needs 5
+    assert fit_law(ons[:2]).alpha == pytest.approx(1.5)
 
 
 def test_fit_and_bootstrap_match_numpy_polyfit_brute_force():
@@ -227,15 +228,18 @@ def test_holdout_passes_when_the_law_holds_and_says_so_when_it_breaks():
     sizes = [int(round(x)) for x in np.geomspace(20, 1000, 25)]
     linear = _surface_rows(lambda k: 0.5 * k, sizes, BUDGETS)
     front = frontier(linear, T)
-    rep = law_report(linear, front, T)
+    rep = law_report(linear, front, T, bracket_factor=1.25)
     assert rep["fit"]["alpha"] == pytest.approx(1.0, abs=0.05) and rep["linear"] is True
+    # the frontier's own slope, over the budgets bracketed within a factor 1.25 (the sizes are 1.18 apart here)
+    assert rep["frontier_slope"]["budgets"] == 12 and rep["frontier_slope"]["alpha"] == pytest.approx(1.0, abs=0.05)
+    assert law_report(linear, front, T, bracket_factor=1.1)["frontier_slope"] is None
     h = rep["holdout"]
     assert h["fit_upto_kimg"] == 384.0 and h["final_kimg"] == 768.0 and abs(h["error"]) < 0.05
     assert h["within_tolerance"] and "the law holds here" in " ".join(law_lines(rep, T))
     assert rep["predictions"][0]["kimg"] == 1536.0 and rep["predictions"][0]["emm"] == pytest.approx(768, rel=0.1)
     # memorization stops growing after half the final budget: the law fitted early overshoots
     plateau = _surface_rows(lambda k: 0.5 * min(k, 384.0), sizes, BUDGETS)
-    rep = law_report(plateau, frontier(plateau, T), T)
+    rep = law_report(plateau, frontier(plateau, T), T, bracket_factor=1.25)
     h = rep["holdout"]
     assert h["error"] > 0.5 and not h["within_tolerance"]
     text = " ".join(law_lines(rep, T))

@@ -259,7 +259,8 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
                        n_trainings=len({s.key for s in plan}), n_trained_now=trained_now,
                        wall_s=time.perf_counter() - t0, rows=all_rows,
                        flagged=[p.size for p in points if p.straddles(threshold)], frontier=front,
-                       law=law_report(all_rows, front, threshold), training_kimg=training_kimg(all_rows))
+                       law=law_report(all_rows, front, threshold, cfg.bracket_factor),
+                       training_kimg=training_kimg(all_rows))
     atomic_write_json(out / "emm.json", result.details())
     write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()),
                    jobs_root=os.path.relpath(jobs_root, out))

@@ -17,7 +17,12 @@ straight line on log–log axes. This module measures α rather than assuming it
   (τ > that budget). Censored sizes do not enter the fit.
 - **Fit.** Least squares of log τ on log |D| over the sizes with an interpolated onset (at least 2).
   The interval of α is a percentile bootstrap over those sizes (resample them with replacement, refit;
-  seeded, so the same data give the same interval; at least 3 sizes).
+  seeded, so the same data give the same interval). It needs at least 5 sizes: over 3 or 4 it is
+  little more than the range of the few pairwise slopes, and would claim a precision the data lack.
+- **The frontier's own slope**, as a cross-check that needs no onsets: least squares of log EMM(T) on
+  log T over the budgets whose bracket is as narrow as the search asks (``bracket_factor``: an EMM
+  interpolated inside a wider bracket says little); under the law it is 1/α. It has no interval (the
+  budgets share their sizes, so their EMMs are not independent).
 - **Prediction.** Inverting the law, EMM(T) = (T / a)^(1/α); its interval is the percentile interval
   of the same prediction over the bootstrap fits.
 - **Hold-out.** The same fit on the snapshots up to half the final budget predicts the EMM at the
@@ -33,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from diffmem.sweep.frontier import TOL, BudgetEMM, frontier
+from diffmem.sweep.frontier import TOL, BudgetEMM, bracket_ok, frontier
 
 N_BOOT = 2000  # bootstrap refits for α's interval
+MIN_BOOT_SIZES = 5  # fewer sizes give an interval that is only the spread of a few pairwise slopes
 BOOT_SEED = 0  # the bootstrap's seed: the same onsets give the same interval
 HOLDOUT_TOLERANCE = 0.20  # the law holds here when the hold-out prediction is within ±20 % of the measured EMM
 PREDICT_FACTORS = (2.0, 4.0)  # budgets beyond the final one at which the law predicts the EMM
@@ -107,7 +113,7 @@ class PowerLaw:
 
     @property
     def alpha_ci(self) -> tuple[float, float] | None:
-        """Percentile interval of α over the bootstrap fits (None with fewer than 3 sizes)."""
+        """Percentile interval of α over the bootstrap fits (None with fewer than MIN_BOOT_SIZES sizes)."""
         if len(self.boot_alpha) == 0:
             return None
         q = (1 - self.confidence) / 2
@@ -157,12 +163,22 @@ def fit_law(ons: Sequence[Onset], *, confidence: float = 0.95, n_boot: int = N_B
     # least squares on log–log: log τ = log a + α · log |D|
     alpha, log_a, _ = _ols(x, y)
     boot_a, boot_alpha = np.empty(0), np.empty(0)
-    if len(pts) >= 3:
+    if len(pts) >= MIN_BOOT_SIZES:
         idx = np.random.default_rng(seed).integers(0, len(pts), size=(n_boot, len(pts)))
         ba, bc, ok = _ols(x[idx], y[idx])
         boot_alpha, boot_a = ba[ok], bc[ok]  # resamples of a single size have no slope
     return PowerLaw(a=float(math.exp(log_a)), alpha=float(alpha), sizes=tuple(s for s, _ in pts),
                     confidence=confidence, boot_log_a=boot_a, boot_alpha=boot_alpha)
+
+
+def frontier_slope(front: Sequence[BudgetEMM], bracket_factor: float) -> dict[str, Any] | None:
+    """Least squares of log EMM(T) on log T over the budgets with an estimate inside a bracket at most
+    ``bracket_factor`` wide (None with fewer than 2 such budgets)."""
+    pts = [(b.kimg, b.estimate.emm) for b in front if b.estimate.emm is not None and bracket_ok(b, bracket_factor)]
+    if len(pts) < 2:
+        return None
+    slope, _, _ = _ols(np.log([t for t, _ in pts]), np.log([e for _, e in pts]))
+    return {"slope": float(slope), "alpha": float(1 / slope) if slope > 0 else None, "budgets": len(pts)}
 
 
 def _prediction(law: PowerLaw, kimg: float) -> dict[str, Any]:
@@ -194,13 +210,14 @@ def holdout(rows: Sequence[Mapping[str, Any]], threshold: float, measured: Budge
 
 
 def law_report(rows: Sequence[Mapping[str, Any]], front: Sequence[BudgetEMM], threshold: float,
-               confidence: float = 0.95) -> dict[str, Any]:
+               bracket_factor: float, confidence: float = 0.95) -> dict[str, Any]:
     """Everything ``emm.json`` says about the law: onsets, fit, predictions, hold-out, and the fitted
     curves the report draws (so the report recomputes nothing)."""
     ons = onsets(front, threshold)
     law = fit_law(ons, confidence=confidence)
     out: dict[str, Any] = {"onsets": [o.summary() for o in ons], "fit": None, "predictions": [],
-                           "holdout": None, "curve_budget": [], "curve_size": []}
+                           "holdout": None, "frontier_slope": frontier_slope(front, bracket_factor), "curve_budget": [],
+                           "curve_size": []}
     if not front:
         return out
     final = front[-1]
@@ -241,7 +258,7 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
     else:
         ci = fit.get("alpha_ci")
         if ci is None:
-            verdict = "no interval for α (it needs at least 3 sizes)"
+            verdict = f"no interval for α (the bootstrap over sizes needs at least {MIN_BOOT_SIZES})"
         else:
             holds = ci[0] <= 1.0 <= ci[1]
             verdict = (f"{fit['confidence']:.0%} interval of α [{ci[0]:.3f}, {ci[1]:.3f}] (bootstrap over sizes, "
@@ -249,9 +266,16 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
                        f"{'consistent with' if holds else 'not'} the linear law")
         out.append(f"law: τ_mem = {fit['a']:.4g} · |D|^{fit['alpha']:.3f} kimg, least squares on log–log over "
                    f"{len(fit['sizes'])} sizes; {verdict}")
+    fs = law.get("frontier_slope")
+    if fs:
+        alpha = "—" if fs["alpha"] is None else f"{fs['alpha']:.3f}"
+        out.append(f"the frontier itself: EMM ∝ T^{fs['slope']:.3f} over the {fs['budgets']} budgets bracketed as "
+                   f"narrowly as asked (least squares on log–log), i.e. α = 1/slope = {alpha}, without an interval "
+                   "(the budgets share their sizes)")
     for p in law.get("predictions") or []:
+        ci = f"{_ci(p['ci'])} over the bootstrap fits" if p["ci"] else "no interval (too few sizes to bootstrap)"
         out.append(f"predicted EMM at {p['kimg']:,.4g} kimg (beyond the budgets trained): {_n(p['emm'])} training "
-                   f"images, {_ci(p['ci'])} over the bootstrap fits")
+                   f"images, {ci}")
     h = law.get("holdout")
     if h:
         head = (f"hold-out: fitted on the snapshots up to {h['fit_upto_kimg']:,.4g} kimg"
