@@ -7,8 +7,9 @@ the prefix of the run of K₂ > K₁ with an otherwise equal config. :func:`exte
 run in its own directory from the shorter one: it copies the snapshots the longer run would also
 write, re-binds the last training state to the longer run's identity, and leaves the rest to
 :func:`diffmem.train.train`, which resumes there. The result equals the longer run trained straight,
-bit for bit on one device (tested). Both runs keep their own directory, manifest and config hash, so
-a run is never taken for a shorter or longer one.
+bit for bit on the CPU with a fixed thread count (tested); on a GPU as closely as a resumed run
+matches an uninterrupted one. Both runs keep their own directory, manifest and config hash, so a run
+is never taken for a shorter or longer one.
 
 Only the duration may differ, and only in ``kimg`` (a duration in epochs is a different number of
 images per size). A schedule that depended on the total duration (an lr decay to the end, say) would
