@@ -125,27 +125,31 @@ class PowerLaw:
         return self.a * size ** self.alpha
 
     def emm(self, kimg: float) -> float | None:
-        """EMM at budget ``kimg``: the size whose onset is ``kimg``, (T / a)^(1/α); None unless α > 0."""
-        return float((kimg / self.a) ** (1 / self.alpha)) if self.alpha > 0 else None
+        """EMM at budget ``kimg``: the size whose onset is ``kimg``, (T / a)^(1/α); None unless α > 0 (or when it
+        is beyond any number)."""
+        if not self.alpha > 0:
+            return None
+        log_emm = (math.log(kimg) - math.log(self.a)) / self.alpha
+        return float(math.exp(log_emm)) if log_emm < 700 else None
 
     def emm_ci(self, kimg: float) -> tuple[float, float] | None:
-        """Percentile interval of the predicted EMM over the bootstrap fits with α > 0."""
+        """Percentile interval of the predicted EMM over the bootstrap fits with α > 0 (None when the fits
+        are too few, or so flat that the interval's end is beyond any number)."""
         ok = self.boot_alpha > 0
         if not ok.any():
             return None
-        pred = np.exp((math.log(kimg) - self.boot_log_a[ok]) / self.boot_alpha[ok])
-        q = (1 - self.confidence) / 2
-        lo, hi = np.quantile(pred, [q, 1 - q])
-        return float(lo), float(hi)
+        return self._interval((math.log(kimg) - self.boot_log_a[ok]) / self.boot_alpha[ok])
 
     def onset_ci(self, size: float) -> tuple[float, float] | None:
         """Percentile interval of τ_mem(size) over the bootstrap fits."""
         if len(self.boot_alpha) == 0:
             return None
-        pred = np.exp(self.boot_log_a + self.boot_alpha * math.log(size))
+        return self._interval(self.boot_log_a + self.boot_alpha * math.log(size))
+
+    def _interval(self, log_values: np.ndarray) -> tuple[float, float] | None:
         q = (1 - self.confidence) / 2
-        lo, hi = np.quantile(pred, [q, 1 - q])
-        return float(lo), float(hi)
+        lo, hi = np.quantile(np.exp(np.minimum(log_values, 700.0)), [q, 1 - q])  # exp(700): beyond any size
+        return None if hi >= math.exp(700.0) else (float(lo), float(hi))
 
     def summary(self) -> dict[str, Any]:
         return {"a": self.a, "alpha": self.alpha, "alpha_ci": self.alpha_ci, "sizes": list(self.sizes),
