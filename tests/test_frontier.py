@@ -201,6 +201,8 @@ def test_fit_recovers_an_exact_power_law():
     assert fit_law(ons[:1]) is None
     assert fit_law(ons[:4]).alpha_ci is None and fit_law(ons[:4]).emm_ci(300.0) is None  # the bootstrap needs 5
     assert fit_law(ons[:2]).alpha == pytest.approx(1.5)
+    flat = fit_law([Onset(s, 5.0 * s ** 0.001, None, None) for s in (10, 20, 40, 80, 160)])
+    assert flat.emm(1e6) is None and flat.emm_ci(1e6) is None  # (10⁶ / 5)^1000: no number, not an infinity
 
 
 def test_fit_and_bootstrap_match_numpy_polyfit_brute_force():
