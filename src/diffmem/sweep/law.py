@@ -246,7 +246,7 @@ def _n(x: float | None) -> str:
 
 
 def _ci(ci: Sequence[float | None] | None) -> str:
-    return "[—]" if not ci else f"[{_n(ci[0])}, {_n(ci[1])}]"
+    return "(no interval)" if not ci else f"[{_n(ci[0])}, {_n(ci[1])}]"
 
 
 def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
