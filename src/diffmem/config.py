@@ -168,6 +168,7 @@ class EMMConfig:
     refine_repeats: int = 0  # extra repeats for bracket sizes whose interval straddles 1 − ε
     sample_seed: int = 0  # seed of the first generated sample of every measurement
     heldout: int = 1000  # held-out images per size (those after the subset in the source's order); 0 = none
+    frontier: bool = False  # EMM at every snapshot budget up to train.kimg: sizes and run lengths chosen for it
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,12 @@ EMM_PRESETS: dict[str, EMMConfig] = {
         n_samples=10_000, size_min=500, size_max=8_000, grid_factor=2.0, bracket_factor=1.25,
     ),
 }
+
+
+# The frontier of the embedded default: the digits preset unchanged but for a 4× budget (768 kimg, 12,000 steps),
+# the EMM bracketed at each of its 12 snapshot budgets (64, 128, …, 768 kimg) and the law τ_mem = a·|D|^α fitted.
+EMM_PRESETS["digits-frontier"] = dataclasses.replace(
+    EMM_PRESETS["digits"], frontier=True, train=dataclasses.replace(EMM_PRESETS["digits"].train, kimg=768.0))
 
 
 def emm_preset(name: str) -> EMMConfig:

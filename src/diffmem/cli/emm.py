@@ -16,13 +16,17 @@ EXAMPLES = """\
   diffmem emm --config my-emm.json --out out/emm --json     # one JSON object on stdout
   diffmem emm --preset cifar10 --out out/c10 --backend ray --ray-address auto
   diffmem emm --preset digits --out out/dry --synthetic 300 # the search on a known curve, no training
+  diffmem emm --preset digits-frontier --out out/digits-frontier --dry-run  # EMM at every budget: the plan
+  diffmem emm --preset digits-frontier --out out/sim --synthetic 450         # the frontier search, simulated
   rerunning the same command on the same --out resumes and never redoes a finished run
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", metavar="P", help="an EMM preset: digits (embedded default, CPU) or cifar10 (GPU)")
+    src.add_argument("--preset", metavar="P",
+                     help="an EMM preset: digits (embedded default, CPU), digits-frontier (its EMM at every budget "
+                          "up to 4× its own, CPU) or cifar10 (GPU)")
     src.add_argument("--config", metavar="FILE", help="an EMMConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
     parser.add_argument("--n-samples", type=int, metavar="N",
@@ -30,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, metavar="R",
                         help="independent dataset draws and training seeds per size")
     parser.add_argument("--parallel", type=int, metavar="K", help="sizes measured per search round (Ray: run at once)")
+    parser.add_argument("--frontier", action="store_true",
+                        help="bracket the EMM at every snapshot budget up to train.kimg, not only at the final one "
+                             "(sets frontier: true; see docs/EMM.md)")
     parser.add_argument("--synthetic", type=float, metavar="EMM",
-                        help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training)")
+                        help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training); with "
+                             "--frontier, EMM at the final budget and growing linearly with the budget")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
 
 
@@ -57,6 +65,8 @@ def resolve_config(args: argparse.Namespace):
             if value < 1:
                 raise bad(opt, value, "an integer ≥ 1")
             cfg = dataclasses.replace(cfg, **{field: value})
+    if getattr(args, "frontier", False):
+        cfg = dataclasses.replace(cfg, frontier=True)
     return cfg
 
 
@@ -84,8 +94,11 @@ def print_result(res, out: Path, file=None) -> None:
     held = {q["size"]: q for q in res.summary()["points"] if "heldout_ratio" in q}
     extra = f" {'held-out':>9} {'C_T':>7}" if held else ""
     w(f"{'|D|':>7} {'ratio':>7} {'95 % interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}{extra}\n")
+    partial = res.frontier[-1].partial if cfg.frontier and res.frontier else ()
     for p in res.points:
         flag = "  straddles" if p.straddles(t) else ""
+        if p.size in partial:
+            flag = "  lower bound: its run stopped once it memorized"
         opt = res.optimal.get(p.size)
         h = held.get(p.size)
         cols = ""
@@ -99,30 +112,80 @@ def print_result(res, out: Path, file=None) -> None:
         w(f"held-out: the ratio of up to {n_h:,} images of the source outside the subset (the rule's false-positive "
           f"rate); C_T: the data-copying statistic at the best snapshot (≪ 0 copying, ≈ 0 matching, ≫ 0 "
           "underfitting)\n")
-    if not cfg.sizes:
+    if len(res.frontier) > 1:
+        print_frontier(res, file)
+    if cfg.frontier:
+        runs = len({(r["size"], r["repeat"]) for r in res.rows if r["kind"] == "train"})
+        bound, kimg = _baseline(cfg)
+        w(f"trainings: {res.n_trainings} jobs ({res.n_trained_now} run now, the rest reused) over {runs} runs "
+          f"(sizes × repeats; a longer job extends its size's shorter run), {_kimg(res.training_kimg)} kimg of "
+          f"training in all; one EMM search per budget would need up to {bound} trainings and {_kimg(kimg)} kimg\n")
+    elif not cfg.sizes:
         grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) * cfg.repeats
         w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "
           f"factor {cfg.bracket_factor} over {cfg.size_min:,}–{cfg.size_max:,} would need {grid}\n")
     w(f"wall time: {res.wall_s:,.1f} s; results: {out / 'results.csv'}\n")
 
 
+def print_frontier(res, file) -> None:
+    """The EMM at every snapshot budget and the law fitted to it."""
+    from diffmem.sweep.frontier import frontier_table
+    from diffmem.sweep.law import law_lines
+
+    w = file.write
+    header, rows = frontier_table([b.summary(points=False) for b in res.frontier])
+    w(f"frontier: the EMM at each training budget (each size's best snapshot up to the budget, ratio ≥ "
+      f"{res.threshold:.0%}):\n")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    w("  ".join(h.rjust(wd) for h, wd in zip(header, widths)) + "\n")
+    for r in rows:
+        w("  ".join(c.rjust(wd) for c, wd in zip(r, widths)) + "\n")
+    for line in law_lines(res.law, res.threshold):
+        w(line + "\n")
+
+
+def _kimg(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.4g}"
+
+
+def _baseline(cfg) -> tuple[int, float]:
+    """The frontier's baseline: one EMM search per budget, at most (trainings, kimg)."""
+    from diffmem.sweep.emm import max_trainings
+    from diffmem.sweep.frontier import frontier_budgets, max_budget_searches
+
+    per_search = max_trainings(dataclasses.replace(cfg, frontier=False))
+    return max_budget_searches(frontier_budgets(cfg.train), per_search)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffmem.artefacts import to_jsonable
     from diffmem.sweep import run_emm
-    from diffmem.sweep.emm import max_trainings
+    from diffmem.sweep.emm import max_trainings, validate
+    from diffmem.sweep.frontier import frontier_budgets
     from diffmem.sweep.synthetic import SyntheticCurve
 
     cfg = resolve_config(args)
     out = Path(args.out)
+    validate(cfg)
     if args.dry_run:
         bound = max_trainings(cfg)
         plan = {"config": to_jsonable(cfg), "max_trainings": bound, "out": str(out)}
+        text = f"at most {bound} trainings\n"
+        if cfg.frontier:
+            budgets = frontier_budgets(cfg.train)
+            base, base_kimg = _baseline(cfg)
+            plan.update({"budgets_kimg": budgets, "baseline_max_trainings": base, "baseline_max_kimg": base_kimg})
+            text = (f"frontier search: the EMM bracketed at {len(budgets)} budgets, {budgets[0]:g} to {budgets[-1]:g} "
+                    f"kimg every {cfg.train.snapshot_kimg:g}; sizes {cfg.size_min:,}–{cfg.size_max:,}; at most {bound} "
+                    f"runs (sizes × repeats), each trained at most to {budgets[-1]:g} kimg and extended in at most "
+                    f"{math.ceil(math.log2(len(budgets))) + 1} jobs; one EMM search per budget would need up to {base} "
+                    f"trainings and {_kimg(base_kimg)} kimg. Simulate it on a known surface with --synthetic EMM.\n")
         if args.json:
             print_json(plan)
         else:
             import json
 
-            sys.stdout.write(json.dumps(plan, indent=2) + f"\nat most {bound} trainings\n")
+            sys.stdout.write(json.dumps(plan, indent=2) + "\n" + text)
         return 0
     synthetic = None
     if args.synthetic is not None:
@@ -131,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
             raise bad("--synthetic", args.synthetic, "a positive EMM (a number of training images)")
         synthetic = SyntheticCurve(emm=args.synthetic, threshold=1 - cfg.epsilon)
+        if cfg.frontier:
+            synthetic = dataclasses.replace(synthetic, snapshots_kimg=tuple(frontier_budgets(cfg.train)), growth=1.0)
     res, report = run_sweep(args, out, lambda backend: run_emm(cfg, out, backend=backend, synthetic=synthetic,
                                                               progress=sys.stderr.isatty()))
     if args.json:

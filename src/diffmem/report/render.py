@@ -17,6 +17,7 @@ from typing import Any
 from diffmem.artefacts import atomic_write_text, read_manifest
 from diffmem.errors import UsageError
 from diffmem.report import figures
+from diffmem.report.frontier import frontier_blocks
 from diffmem.sweep.study import value_label
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) | ("code", text)
@@ -64,6 +65,8 @@ def _points_table(s: dict[str, Any], threshold: float) -> Block:
     for p in s["points"]:
         o = opt.get(str(p["size"]))
         flag = "straddles" if p["ci"][0] < threshold <= p["ci"][1] else ""
+        if p.get("lower_bound"):  # frontier mode: the run stopped once it memorized
+            flag = "lower bound (run stopped once memorized)"
         rows.append([f"{p['size']:,}", f"{p['ratio']:.3f}", f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]",
                      f"{p['best_snapshot_kimg'] or 0:g}", f"{p['n_samples']:,}", "—" if o is None else f"{o:.3f}",
                      *(_heldout_cells(p) if held else []), flag])
@@ -126,6 +129,7 @@ def emm_blocks(directory: Path, figdir: Path) -> list[Block]:
         ("img", f2.relative_to(directory), "Memorization ratio against training progress, one line per size"),
     ]
     blocks += _grids(directory, _jobs_root(directory), rows, s["points"], figdir, "")
+    blocks += frontier_blocks(directory, s, figdir)
     blocks += _reproduce(directory, cfg, "emm")
     return blocks
 

@@ -9,6 +9,10 @@ Directory of an EMM search::
 
 Rerunning on the same directory replays the search against the finished jobs and continues where it
 stopped; a directory holding an EMM of another config is refused.
+
+Every search also reports its frontier (the EMM at each snapshot budget, :mod:`diffmem.sweep.frontier`)
+and the law fitted to it (:mod:`diffmem.sweep.law`); ``frontier: true`` runs the search that brackets
+the EMM at every budget instead of at the final one only.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,9 @@ from diffmem.errors import UsageError
 from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
+from diffmem.sweep.frontier import BudgetEMM, frontier, frontier_budgets, next_runs, training_kimg
 from diffmem.sweep.jobs import JobSpec
+from diffmem.sweep.law import law_report
 from diffmem.sweep.search import find_bracket, max_measurements, next_sizes
 from diffmem.sweep.synthetic import SyntheticCurve
 from diffmem.sweep.table import write_table
@@ -51,15 +57,19 @@ class EMMResult:
     wall_s: float
     rows: list[dict[str, Any]]
     flagged: list[int]  # sizes whose interval straddles 1 − ε
+    frontier: list[BudgetEMM] = field(default_factory=list)  # EMM at every snapshot budget
+    law: dict[str, Any] = field(default_factory=dict)  # τ_mem = a·|D|^α fitted to the frontier (law_report)
+    training_kimg: float = 0.0  # kimg of training behind the rows (extended runs counted once)
 
     @property
     def threshold(self) -> float:
         return 1.0 - self.config.epsilon
 
     def summary(self) -> dict[str, Any]:
-        """The ``--json`` object: emm, bracket, ci, points, optimal, n_trainings, wall_s."""
+        """The ``--json`` object: emm, bracket, ci, points, optimal, n_trainings, wall_s (+ frontier, law
+        and training_kimg in frontier mode)."""
         e = self.estimate
-        return {
+        out = {
             "emm": e.emm,
             "bracket": list(e.bracket),
             "ci": list(e.ci),
@@ -70,10 +80,20 @@ class EMMResult:
             "n_trainings": self.n_trainings,
             "wall_s": round(self.wall_s, 3),
         }
+        if self.config.frontier:
+            out.update(self._frontier(points=False))
+            for p in out["points"]:  # its run stopped once it memorized: the ratio at the final budget is at least this
+                p["lower_bound"] = p["size"] in self.frontier[-1].partial
+        return out
+
+    def _frontier(self, points: bool) -> dict[str, Any]:
+        return {"frontier": [b.summary(points) for b in self.frontier], "law": self.law,
+                "training_kimg": self.training_kimg}
 
     def details(self) -> dict[str, Any]:
-        """``emm.json``: the summary plus the threshold, flags and per-repeat numbers."""
+        """``emm.json``: the summary plus the threshold, flags, per-repeat numbers, the frontier and the law."""
         d = self.summary()
+        d.update(self._frontier(points=True))
         d.update({
             "threshold": self.threshold, "epsilon": self.config.epsilon, "flagged": self.flagged,
             "below_range": self.estimate.below_range, "above_range": self.estimate.above_range,
@@ -108,14 +128,18 @@ def heldout_point(p: Point, rows: list[dict[str, Any]], confidence: float) -> di
             "c_t": sum(c_t) / len(c_t) if c_t else None}
 
 
-def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve | None = None) -> JobSpec:
-    """The resolved, content-addressed job for one size and repeat of ``cfg``."""
+def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve | None = None,
+             kimg: float | None = None) -> JobSpec:
+    """The resolved, content-addressed job for one size and repeat of ``cfg`` (``kimg``: a run of that
+    length instead of ``cfg.train``'s, as the frontier search asks for)."""
     if synthetic is not None:
-        return JobSpec("synthetic", size, repeat, {"size": size, "repeat": repeat, "n_samples": cfg.n_samples,
-                                                   "curve": to_dict(synthetic)})
+        c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic)}
+        return JobSpec("synthetic", size, repeat, c if kimg is None else {**c, "kimg": kimg})
     data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=_absolute(cfg.data.source),
                                mix=_absolute(cfg.data.mix) if cfg.data.mix else None)
     train = dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
+    if kimg is not None:
+        train = dataclasses.replace(train, kimg=kimg)
     return JobSpec("train", size, repeat, {
         "data": to_dict(data), "model": to_dict(cfg.model), "train": to_dict(train), "sample": to_dict(cfg.sample),
         "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
@@ -151,9 +175,13 @@ def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> d
 
 
 def max_trainings(cfg: EMMConfig) -> int:
-    """Trainings the search can need at most (all of ``sizes`` in table mode), repeats included."""
+    """Trainings the search can need at most (all of ``sizes`` in table mode), repeats included. In
+    frontier mode: runs (sizes × repeats) at most, each of which may be extended in several jobs."""
     bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
                                                                cfg.bracket_factor) + 2 * cfg.measure_ends)
+    if cfg.frontier:
+        _validate_frontier(cfg)
+        bound = min(bound * len(frontier_budgets(cfg.train)), cfg.size_max - cfg.size_min + 1)
     return bound * cfg.repeats
 
 
@@ -170,7 +198,7 @@ def run_emm(
     """Find the EMM of ``cfg`` (or the ratios at ``cfg.sizes``), resuming whatever ``out`` already holds."""
     t0 = time.perf_counter()
     out = Path(out)
-    _validate(cfg)
+    validate(cfg)
     ident = _check_out(out, cfg, synthetic)
     with dir_lock(out):
         return _run(cfg, out, ident, t0, backend=backend, jobs_root=jobs_root, synthetic=synthetic,
@@ -190,8 +218,10 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     rows_by_job: dict[str, list[dict[str, Any]]] = {}
     runs: dict[int, dict[int, RepeatResult]] = {}
     optimal: dict[int, float] = {}
+    budgets = frontier_budgets(cfg.train) if cfg.frontier else None
+    longest: dict[tuple[int, int], str] = {}  # frontier: (size, repeat) → the job of its longest run
     trained_now = 0
-    bar = progress_bar(max_trainings(cfg), "emm jobs", "job", enabled=progress)
+    bar = progress_bar(None if cfg.frontier else max_trainings(cfg), "emm jobs", "job", enabled=progress)
 
     def done(spec: JobSpec, rows: list[dict[str, Any]], reused: bool) -> None:
         nonlocal trained_now
@@ -206,13 +236,19 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     try:
         while True:
             ratios = {s: pool(s, list(r.values())).ratio for s, r in runs.items()}
-            if cfg.sizes:
-                sizes = [s for s in cfg.sizes if s not in runs]
+            if cfg.frontier:
+                todo = next_runs(_rows_of(longest, rows_by_job), budgets, size_min=cfg.size_min,
+                                 size_max=cfg.size_max, threshold=threshold, grid_factor=cfg.grid_factor,
+                                 bracket_factor=cfg.bracket_factor, parallel=cfg.parallel, ends=cfg.measure_ends)
+                specs = [job_spec(cfg, s, r, synthetic, kimg=todo[s]) for s in todo for r in range(cfg.repeats)]
             else:
-                sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
-                                   grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
-                                   parallel=cfg.parallel, ends=cfg.measure_ends)
-            specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
+                if cfg.sizes:
+                    sizes = [s for s in cfg.sizes if s not in runs]
+                else:
+                    sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
+                                       grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
+                                       parallel=cfg.parallel, ends=cfg.measure_ends)
+                specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
             if not specs and cfg.refine_repeats > 0:
                 specs = _refinements(cfg, runs, ratios, threshold, synthetic)
             if not specs:
@@ -223,6 +259,8 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
             for spec in specs:
                 rows_by_job[spec.key] = rows = results[spec.key]
                 runs.setdefault(spec.size, {})[spec.repeat] = best_of_run(rows, spec.repeat)
+                if cfg.frontier:  # a size is only ever extended, so the newest job is its longest
+                    longest[(spec.size, spec.repeat)] = spec.key
                 for r in rows:
                     if r["kind"] == "optimal":
                         optimal[spec.size] = r["ratio"]
@@ -231,17 +269,31 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     finally:
         bar.close()
 
-    points = [pool(s, [r[k] for k in sorted(r)]) for s, r in sorted(runs.items())]
-    all_rows = [row for spec in plan for row in rows_by_job[spec.key]]
+    if cfg.frontier:  # the longest run of each size and repeat holds every snapshot of its shorter ones
+        all_rows = _rows_of(longest, rows_by_job)
+        front = frontier(all_rows, threshold, budgets=budgets)
+        points, est = list(front[-1].points), front[-1].estimate
+    else:
+        points = [pool(s, [r[k] for k in sorted(r)]) for s, r in sorted(runs.items())]
+        all_rows = [row for spec in plan for row in rows_by_job[spec.key]]
+        front = frontier(all_rows, threshold)
+        est = estimate(points, threshold)
     write_table(out, all_rows)
-    result = EMMResult(config=cfg, estimate=estimate(points, threshold), points=points, optimal=optimal,
+    result = EMMResult(config=cfg, estimate=est, points=points, optimal=optimal,
                        n_trainings=len({s.key for s in plan}), n_trained_now=trained_now,
                        wall_s=time.perf_counter() - t0, rows=all_rows,
-                       flagged=[p.size for p in points if p.straddles(threshold)])
+                       flagged=[p.size for p in points if p.straddles(threshold)], frontier=front,
+                       law=law_report(all_rows, front, threshold, cfg.bracket_factor),
+                       training_kimg=training_kimg(all_rows))
     atomic_write_json(out / "emm.json", result.details())
     write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()),
                    jobs_root=os.path.relpath(jobs_root, out))
     return result
+
+
+def _rows_of(longest: dict[tuple[int, int], str], rows_by_job: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of each size and repeat's longest run, in size and repeat order."""
+    return [row for _, key in sorted(longest.items()) for row in rows_by_job[key]]
 
 
 def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratios: dict[int, float],
@@ -258,7 +310,8 @@ def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratio
     return specs
 
 
-def _validate(cfg: EMMConfig) -> None:
+def validate(cfg: EMMConfig) -> None:
+    """Refuse an EMM config that cannot run, naming the field and what is expected (before any work)."""
     if not 0 < cfg.epsilon < 1:
         raise UsageError(f"epsilon: {cfg.epsilon!r} is not valid; expected a number in (0, 1)")
     if cfg.n_samples < 1:
@@ -281,3 +334,29 @@ def _validate(cfg: EMMConfig) -> None:
     if cfg.sizes is None and not (1 <= cfg.size_min <= cfg.size_max):
         raise UsageError(f"size_min, size_max: [{cfg.size_min}, {cfg.size_max}] is not valid; "
                          "expected 1 ≤ size_min ≤ size_max")
+    if cfg.frontier:
+        _validate_frontier(cfg)
+
+
+def _validate_frontier(cfg: EMMConfig) -> None:
+    """Frontier mode: the budgets are the multiples of train.snapshot_kimg up to train.kimg."""
+    t = cfg.train
+    if cfg.sizes is not None:
+        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid with frontier: true; expected null (the frontier "
+                         "search chooses the sizes)")
+    if cfg.refine_repeats:
+        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid with frontier: true; expected 0")
+    if t.kimg is None or t.epochs is not None:
+        raise UsageError(f"train.epochs: {t.epochs!r} is not valid with frontier: true; expected null and the "
+                         "duration in train.kimg (the budget, the same for every size)")
+    if t.snapshot_kimg is None or not t.snapshot_kimg > 0:
+        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected the "
+                         "spacing of the budgets in kimg (a snapshot at each)")
+    k = t.kimg / t.snapshot_kimg
+    if abs(k - round(k)) > 1e-6 or round(k) < 2:
+        raise UsageError(f"train.kimg: {t.kimg!r} is not valid with frontier: true; expected a multiple (≥ 2) of "
+                         f"train.snapshot_kimg ({t.snapshot_kimg:g}), the final budget")
+    steps = t.snapshot_kimg * 1000 / t.batch
+    if abs(steps - round(steps)) > 1e-6:
+        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected a "
+                         f"whole number of steps of train.batch {t.batch} images, so snapshots fall on the budgets")

@@ -13,7 +13,9 @@ test are fitted once (``heldout/reference.npz``). Every snapshot's (and the opti
 assignment of its samples to the cells: C_T is computed for every snapshot, so it can be read along
 training and at the best snapshot alike. A job whose manifest
 says complete is read back, never redone; an interrupted job resumes stage by stage (the dataset and
-every measured snapshot are reused, training resumes from its last state).
+every measured snapshot are reused, training resumes from its last state). A job whose run only
+differs by its length from a complete job's in the same directory starts from that job's run
+(:mod:`diffmem.sweep.lineage`).
 """
 
 from __future__ import annotations
@@ -172,6 +174,24 @@ def _heldout_reference(directory: Path, spec: JobSpec, data_cfg, train_set, meas
     return ref
 
 
+def _held_what(c: dict[str, Any]) -> dict[str, Any]:
+    """The held-out part of a measurement's key: measurements with C_T differ from those without."""
+    n_heldout = int(c.get("heldout", 0))
+    return {"heldout": n_heldout} if n_heldout > 0 else {}
+
+
+def snapshot_what(c: dict[str, Any], kimg: float) -> dict[str, Any]:
+    """What the measurement of the snapshot at ``kimg`` of the job of config ``c`` is keyed by."""
+    return {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"], "sample": c["sample"],
+            "measure": c["measure"], "n": int(c["n_samples"]), "seed": int(c["sample_seed"]), **_held_what(c)}
+
+
+def optimal_what(c: dict[str, Any]) -> dict[str, Any]:
+    """What the measurement of the closed-form optimum of the job of config ``c`` is keyed by."""
+    return {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"],
+            "n": int(c["n_samples"]), "seed": int(c["sample_seed"]), **_held_what(c)}
+
+
 def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
     if not is_complete(final, SNAPSHOT_STAGE, what):
         return None
@@ -186,6 +206,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser, generate
     from diffmem.sample.generate import present_classes
+    from diffmem.sweep.lineage import start_from_shorter
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
 
@@ -204,12 +225,12 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     n_heldout = int(c.get("heldout", 0))
     heldout = (_heldout_reference(directory / "heldout", spec, data_cfg, train_set, measure_cfg, n_heldout, n)
                if n_heldout > 0 else None)
-    held_what = {"heldout": n_heldout} if n_heldout > 0 else {}
     held_summary = heldout.summary if heldout is not None else None
 
+    start_from_shorter(spec, directory, data_dir)
+
     if c.get("optimal"):
-        what = {"optimal": True, "data": c["data"], "sample": c["sample"], "measure": c["measure"], "n": n,
-                "seed": seed, **held_what}
+        what = optimal_what(c)
         summary = _measured(directory / "optimal", what)
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
@@ -224,8 +245,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     if not snapshots:
         raise RunError(f"job {spec.dirname}: training wrote no snapshots in {run_dir}")
     for kimg, path in snapshots:
-        what = {"snapshot_kimg": kimg, "run": c["model"], "train": c["train"], "data": c["data"],
-                "sample": c["sample"], "measure": c["measure"], "n": n, "seed": seed, **held_what}
+        what = snapshot_what(c, kimg)
         final = directory / "snapshots" / f"{kimg:010.3f}"
         summary = _measured(final, what)
         if summary is None:
