@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from diffmem.errors import UsageError
@@ -18,3 +20,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device: {name!r} is not available on this machine; expected auto or cpu")
     return dev
+
+
+# libraries that read their thread count from the environment when they load
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads in this process: torch's intra-op pool, the BLAS and OpenMP pools already loaded
+    (NumPy's, through threadpoolctl), and the environment that libraries loaded later read."""
+    from threadpoolctl import threadpool_limits
+
+    if n < 1:
+        raise UsageError(f"threads: {n!r} is not valid; expected a positive number of threads")
+    for name in THREAD_ENV:
+        os.environ[name] = str(n)
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)

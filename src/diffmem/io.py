@@ -1,4 +1,4 @@
-"""Image arrays on disk (DESIGN.md §2): ``.npz`` files, artefact directories and image folders.
+"""Image arrays on disk (the layout: README.md, "Files"): ``.npz`` files, artefact directories and image folders.
 
 An image set is ``images`` uint8 N×C×H×W, optional ``labels`` int64 N (−1 = unlabeled) and
 optional ``seeds`` int64 N. Loading never unpickles (``allow_pickle=False``).

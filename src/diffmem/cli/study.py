@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import print_json
+from diffmem.cli.common import print_json, show_progress
 from diffmem.cli.emm import add_run_arguments, fmt_size, run_sweep
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(cfg, out, args.json)
     res, report = run_sweep(args, out, lambda backend: run_study(cfg, out, backend=backend,
-                                                                progress=sys.stderr.isatty()))
+                                                                progress=show_progress(args)))
     if args.json:
         print_json(res.summary())
         return 0
