@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,13 +26,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def set_threads(n: int) -> None:
+def set_threads(n: int, name: str = "threads") -> None:
     """Use ``n`` CPU threads in this process: torch's intra-op pool, the BLAS and OpenMP pools already loaded
-    (NumPy's, through threadpoolctl), and the environment that libraries loaded later read."""
+    (NumPy's, through threadpoolctl), and the environment that libraries loaded later read. ``name`` is
+    what an error calls ``n``."""
     from threadpoolctl import threadpool_limits
 
-    if n < 1:
-        raise UsageError(f"threads: {n!r} is not valid; expected a positive number of threads")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad(name, n, "a positive number of threads")
     for name in THREAD_ENV:
         os.environ[name] = str(n)
     torch.set_num_threads(n)

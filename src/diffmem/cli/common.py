@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from diffmem.artefacts import to_jsonable
-from diffmem.errors import UsageError, bad
+from diffmem.errors import UsageError
 
 DEBUG_HELP = "show tracebacks and debug logging"
 JSON_HELP = "print the result as one JSON object on stdout and nothing else there"
@@ -58,11 +58,9 @@ def apply_threads(args: argparse.Namespace) -> None:
     n = getattr(args, "threads", None)
     if n is None:
         return
-    if n < 1:
-        raise bad("--threads", n, "a positive number of threads")
     from diffmem.devices import set_threads  # imports torch: only when asked
 
-    set_threads(n)
+    set_threads(n, "--threads")
 
 
 def print_json(obj: Any) -> None:
