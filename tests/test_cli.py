@@ -100,6 +100,7 @@ SHARED = {  # option → the commands it is on (sample and measure keep their ow
     "--json": {"data", "train", "emm", "study", "report"},
     "--no-progress": {"data", "train", "emm", "study"},
     "--threads": {"data", "train", "emm", "study"},
+    "--dry-run": {"train", "emm", "study"},
 }
 OWN = {"sample", "measure"}
 

@@ -7,7 +7,8 @@ wherever it appears:
 - ``--json``: the result as one JSON object on stdout and nothing else there;
 - ``--no-progress``: no progress bars (bars go to stderr, and only when it is a terminal);
 - ``--threads N``: the CPU threads of this process's numerical work, set by :func:`apply_threads` before the
-  command runs.
+  command runs;
+- ``--dry-run``: print what would run (the resolved config; for a sweep, also its trainings) and stop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from diffmem.errors import UsageError
 DEBUG_HELP = "show tracebacks and debug logging"
 JSON_HELP = "print the result as one JSON object on stdout and nothing else there"
 NO_PROGRESS_HELP = "hide the progress bars (shown on stderr when it is a terminal)"
+DRY_RUN_HELP = ("print what would run (the resolved config, in full with --json; emm and study: the trainings "
+                "planned) and stop, writing nothing")
 THREADS_HELP = ("CPU threads of this process for torch and the NumPy BLAS (default: their own choice; 1 is often "
                 "fastest for small models on a busy machine)")
 
@@ -46,6 +49,11 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: applied by :func:`apply_threads`, which the command line calls before any command runs."""
     parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
+def add_dry_run_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dry-run``: the command prints its resolved config (with ``--json``: as one JSON object) and returns."""
+    parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -8,7 +8,14 @@ import math
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import add_json_argument, add_progress_argument, add_threads_argument, print_json, show_progress
+from diffmem.cli.common import (
+    add_dry_run_argument,
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 
 HELP = "find the EMM of one recipe: the largest |D| whose memorization ratio is still ≥ 1 − ε"
 EXAMPLES = """\
@@ -32,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=int, metavar="K", help="sizes measured per search round (Ray: run at once)")
     parser.add_argument("--synthetic", type=float, metavar="EMM",
                         help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
+    add_dry_run_argument(parser)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

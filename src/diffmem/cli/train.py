@@ -9,7 +9,14 @@ import json
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import add_json_argument, add_progress_argument, add_threads_argument, print_json, show_progress
+from diffmem.cli.common import (
+    add_dry_run_argument,
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 from diffmem.config import ModelConfig, TrainConfig, model_train_preset, preset_names, to_dict
 from diffmem.errors import UsageError
 
@@ -77,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser: minutes of warm-up, "
                                                              "then faster steps (measured gains: "
                                                              "benchmarks/results/train.md)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    add_dry_run_argument(parser)
     add_json_argument(parser)
     add_progress_argument(parser)
     add_threads_argument(parser)
