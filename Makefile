@@ -13,7 +13,9 @@ DEMO_OUT    ?= out/digits-emm
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# install torch first: from a local wheel when one is there, so nothing pulls a multi-GB CUDA build
+# install torch first: from a local wheel when one is there, so nothing pulls a multi-GB CUDA build.
+# Only its metadata is checked here: importing torch before NumPy is installed prints torch's
+# "Failed to initialize NumPy" warning; the import is checked once NumPy is there (.base).
 $(VENV)/.torch: | $(VENV)/bin/python
 	@if $(PIP) install -q --no-index --no-deps "torch==$(TORCH_LOCAL)" 2>/dev/null; then \
 	  echo "torch $(TORCH_LOCAL) from a local wheel"; \
@@ -21,11 +23,11 @@ $(VENV)/.torch: | $(VENV)/bin/python
 	else \
 	  $(PIP) install -q torch 2>&1 | grep -v '^WARNING: Location' || true; \
 	fi
-	@$(PY) -c "import torch" && touch $@
+	@$(PY) -c "import importlib.metadata as m; m.version('torch')" && touch $@
 
 $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(PIP) install -q -e . 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c "import diffmem" && touch $@
+	@$(PY) -c "import numpy, torch, diffmem" && touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(PIP) install -q -e ".[dev,faiss,ray,onnx,diffusers]" 2>&1 | grep -v '^WARNING: Location' || true

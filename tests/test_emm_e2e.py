@@ -2,15 +2,29 @@
 
 import dataclasses
 import io
+import itertools
 import json
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from diffmem.cli import main
-from diffmem.config import EMMConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, to_dict
-from diffmem.sweep.estimate import wilson
+from diffmem.config import (
+    EMMConfig,
+    MeasureConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    emm_preset,
+    from_dict,
+    to_dict,
+)
+from diffmem.nn import build_denoiser
+from diffmem.sweep.emm import max_trainings
+from diffmem.sweep.search import geometric_grid, next_sizes
 from diffmem.sweep.table import read_table
 
 TINY = EMMConfig(
@@ -46,7 +60,8 @@ def test_tiny_emm_end_to_end(tmp_path):
     assert sorted({r["snapshot_kimg"] for r in train_rows}) == [0.32, 0.64]
     for r in rows:
         assert r["n_samples"] == 32 and r["ratio"] == r["n_memorized"] / 32
-        assert (r["ci_low"], r["ci_high"]) == pytest.approx(wilson(r["n_memorized"], 32))
+        ref = binomtest(r["n_memorized"], 32).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
         assert r["n_train"] == r["size"]
     for p in s["points"]:  # each point is the run's best snapshot
         best = max(r["ratio"] for r in train_rows if r["size"] == p["size"])
@@ -111,14 +126,78 @@ def test_emm_cli_synthetic_json_and_dry_run(tmp_path, capsys):
     assert [p["size"] for p in s["points"]][:1] == [32] and s["points"][-1]["size"] == 1024  # both ends measured
     assert main(["emm", "--preset", "digits", "--out", str(tmp_path / "d"), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["max_trainings"] == 7 and plan["config"]["n_samples"] == 1000
+    assert plan["max_trainings"] == DIGITS_MAX_TRAININGS
+    assert from_dict(EMMConfig, plan["config"]) == from_dict(EMMConfig, documented_digits_config())
     assert not (tmp_path / "d").exists()
+    # the text result compares the search with a plain grid at the bracket's resolution: sizes 32·1.25^k up to
+    # 1,024 need ⌈ln 32 / ln 1.25⌉ = ⌈15.53⌉ = 16 steps, so 17 sizes (the README's "needs 17")
+    assert main(["emm", "--preset", "digits", "--out", str(tmp_path / "t"), "--synthetic", "300", "--no-report"]) == 0
+    assert "a plain grid at factor 1.25 over 32–1,024 would need 17" in capsys.readouterr().out
 
 
-def test_presets_resolve():
-    from diffmem.config import EMM_PRESETS
+# The worst case of the digits preset's search, derived from its rules (docs/EMM.md, "Search") with its
+# settings size_min 32, size_max 1,024, grid_factor 2, bracket_factor 1.25, measure_ends, parallel 1:
+#   the grid is 32·2^k for k = 0 … 5: 32, 64, 128, 256, 512, 1,024
+#   1. both ends first:                                               2 trainings
+#   2. binary search over the 4 grid sizes between them: the crossing lies in one of 5 gaps, ⌈log₂ 5⌉ = 3
+#   3. bisection in log |D| from a bracket of factor 2 to one ≤ 1.25: 2 → 2^½ = 1.41 → 2^¼ = 1.19, 2 halvings
+DIGITS_MAX_TRAININGS = 2 + 3 + 2
 
-    assert EMM_PRESETS["digits"].data.source == "digits" and EMM_PRESETS["digits"].n_samples == 1000
-    c = EMM_PRESETS["cifar10"]
-    assert (c.model.channels, c.model.blocks, c.model.precond, c.train.batch) == (128, 2, "vp", 512)
-    assert dataclasses.replace(c, n_samples=5).n_samples == 5
+
+def test_the_trainings_bound_is_the_worst_case_of_the_search():
+    cfg = emm_preset("digits")
+    assert (cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) == (32, 1024, 2.0, 1.25)
+    assert (cfg.measure_ends, cfg.parallel, cfg.repeats, cfg.refine_repeats) == (True, 1, 1, 0)
+    assert geometric_grid(32, 1024, 2.0) == [32 * 2**k for k in range(6)]
+    # every sequence of outcomes the search can meet (each size memorizes or not, monotone or not)
+    worst, leaves = 0, 0
+    stack = [{}]
+    while stack:
+        ratios = stack.pop()
+        new = next_sizes(ratios, size_min=32, size_max=1024, threshold=0.9, grid_factor=2.0, bracket_factor=1.25,
+                         ends=True)
+        if not new:
+            worst, leaves = max(worst, len(ratios)), leaves + 1
+            continue
+        stack += [{**ratios, **dict(zip(new, outcome))} for outcome in itertools.product((1.0, 0.0), repeat=len(new))]
+    assert leaves > 10 and worst == DIGITS_MAX_TRAININGS  # reached, never exceeded
+    assert max_trainings(cfg) == DIGITS_MAX_TRAININGS
+    assert max_trainings(dataclasses.replace(cfg, repeats=3)) == 3 * DIGITS_MAX_TRAININGS  # every repeat trains
+
+
+def documented_digits_config() -> dict:
+    """The EMM config file that docs/EMM.md gives as the digits preset."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "EMM.md").read_text()
+    section = text.split("## Config")[1].split("## ")[0]
+    return json.loads(section.split("```json")[1].split("```")[0])
+
+
+def test_digits_preset_is_the_documented_recipe():
+    cfg = emm_preset("digits")
+    assert from_dict(EMMConfig, documented_digits_config()) == cfg
+    # the recipe as README.md states it ("What the embedded default finds"), each number checked against the preset
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for claim in ("C = 16, 180k parameters", "Adam lr 2e-3, batch 64, EMA decay 0.99", "3,000 steps (192 kimg)",
+                  "a snapshot every 64 kimg", "1,000 Heun samples (18 steps)"):
+        assert claim in readme, claim
+    model = dataclasses.replace(cfg.model, resolution=8, in_channels=1)  # digits are 1×8×8
+    assert cfg.data.source == "digits" and cfg.data.labels == "none" and model.channels == 16
+    assert round(sum(p.numel() for p in build_denoiser(model).parameters()), -3) == 180_000
+    t = cfg.train
+    assert (t.lr, t.batch, t.ema_decay, t.ema_halflife_kimg, t.kimg) == (2e-3, 64, 0.99, None, 192.0)
+    assert t.kimg * 1000 / t.batch == 3000  # steps
+    assert t.snapshot_kimg == 64.0 and t.snapshot_kimg * 1000 / t.batch == 1000  # a snapshot every 1,000 steps
+    assert t.warmup_kimg * 1000 / t.batch == 200  # docs/EMM.md: 200 warm-up steps
+    assert (cfg.n_samples, cfg.sample.solver, cfg.sample.steps) == (1000, "heun", 18)
+
+
+def test_cifar10_preset_is_the_reference_recipe():
+    # the reference study's basic setup ("On Memorization in Diffusion Models", TMLR 2025): CIFAR-10, DDPM++
+    # width 128 with channel multipliers 2,2,2, 2 blocks, attention at 16×16, dropout 0.13, VP, batch 512,
+    # lr 2e-4, 40k epochs, no augmentation, 10,000 samples per measurement
+    c = emm_preset("cifar10")
+    assert c.data.source.startswith("cifar10:") and c.data.resolution is None and c.n_samples == 10_000
+    m = c.model
+    assert (m.arch, m.channels, m.channel_mult, m.blocks, m.attn_resolutions) == ("ddpmpp", 128, (2, 2, 2), 2, (16,))
+    assert (m.dropout, m.precond, m.embedding) == (0.13, "vp", "positional")
+    assert (c.train.batch, c.train.lr, c.train.epochs, c.train.kimg) == (512, 2e-4, 40_000, None)

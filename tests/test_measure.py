@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from diffmem.config import MeasureConfig
 from diffmem.errors import UsageError
@@ -165,10 +166,12 @@ def test_clear_errors(train):
 
 def test_summary_counts_interval_and_warning(train, caplog):
     samples = np.concatenate([train[:30], np.full((10, 3, 4, 4), 7, np.uint8)])
-    m = measure(ImageSet(samples, seeds=np.arange(100, 140)), train, MeasureConfig(threshold=0.25))
+    m = measure(ImageSet(samples, seeds=np.arange(100, 140)), train, MeasureConfig(threshold=0.25, confidence=0.9))
     s = m.summary
-    assert (s["n_samples"], s["n_memorized"], s["threshold"]) == (40, 30, 0.25)
-    assert (s["ci_low"], s["ci_high"]) == wilson_interval(30, 40)
+    assert (s["n_samples"], s["n_memorized"], s["threshold"], s["confidence"]) == (40, 30, 0.25, 0.9)
+    # the interval is Wilson's at the configured confidence (scipy's implementation as the reference)
+    ref = binomtest(30, 40).proportion_ci(confidence_level=0.9, method="wilson")
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
     assert "fewer than 1000" in s["warning"] and "fewer than 1000" in caplog.text
     np.testing.assert_array_equal(m.seeds, np.arange(100, 140))
     assert set(m.table()) == {"sample_index", "seeds", "nn1", "nn2", "d1", "d2", "ratio", "memorized", "nn1_copies"}
@@ -181,13 +184,37 @@ def wilson_reference(k, n, z):
     return (-b - r) / (2 * a), (-b + r) / (2 * a)
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile (printed tables: 1.95996)
+
+
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (920, 1000), (1000, 1000), (1, 1)])
 def test_wilson_interval_against_quadratic_roots(k, n):
     low, high = wilson_interval(k, n)
-    ref = wilson_reference(k, n, 1.959963984540054)
+    ref = wilson_reference(k, n, Z95)
     assert low == pytest.approx(ref[0], abs=1e-12) and high == pytest.approx(ref[1], abs=1e-12)
-    assert wilson_interval(0, 10)[1] == pytest.approx(1.959963984540054**2 / (10 + 1.959963984540054**2))
-    lo90, hi90 = wilson_interval(k, n, 0.90)
-    assert lo90 >= low and hi90 <= high
+
+
+def test_wilson_interval_textbook_values():
+    # "Two-sided confidence intervals for the single proportion" (Statistics in Medicine, 1998), table I,
+    # score method without continuity correction, 95 %: published to four decimals
+    published = {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605), (0, 20): (0.0, 0.1611),
+                 (1, 29): (0.0061, 0.1718)}
+    for (k, n), (lo, hi) in published.items():
+        got = wilson_interval(k, n)
+        assert (round(got[0], 4), round(got[1], 4)) == (lo, hi), (k, n, got)
+    # k = 0: the upper end is z²/(n + z²) (the quadratic's root with k = 0), the lower end 0
+    assert wilson_interval(0, 10) == pytest.approx((0.0, Z95**2 / (10 + Z95**2)), abs=1e-15)
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.8, 0.9, 0.95, 0.99, 0.999])
+def test_wilson_interval_matches_scipy_at_every_confidence(confidence):
+    for k, n in [(0, 1), (1, 1), (0, 7), (3, 7), (7, 7), (30, 40), (920, 1000), (4_999, 10_000)]:
+        ref = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+        assert wilson_interval(k, n, confidence) == pytest.approx((ref.low, ref.high), abs=1e-12), (k, n)
+
+
+@pytest.mark.parametrize("k,n,confidence", [(1, 0, 0.95), (0, 0, 0.95), (11, 10, 0.95), (3, 10, 0.0), (3, 10, 1.0),
+                                            (3, 10, float("nan"))])
+def test_wilson_interval_refuses_what_has_no_interval(k, n, confidence):
     with pytest.raises(UsageError):
-        wilson_interval(1, 0)
+        wilson_interval(k, n, confidence)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from diffmem.cli import main
 from diffmem.errors import UsageError
@@ -34,7 +35,8 @@ def test_json_is_one_object_with_the_named_keys(files, capsys):
     assert KEYS <= set(d)
     assert (d["n_samples"], d["n_memorized"], d["n_train"], d["duplicate_groups"]) == (100, 60, 200, 1)
     assert d["memorization_ratio"] == 0.6 and d["threshold"] == 0.25
-    assert d["ci_low"] < 0.6 < d["ci_high"]
+    ref = binomtest(60, 100).proportion_ci(confidence_level=0.95, method="wilson")  # an independent Wilson interval
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
 
 def test_terminal_summary_names_every_number(files, capsys):

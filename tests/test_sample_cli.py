@@ -1,5 +1,6 @@
 """`diffmem sample`: the written file, --json, per-sample seeds through the CLI, and its error lines."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,7 +8,11 @@ import pytest
 import torch
 
 from diffmem.cli import main
+from diffmem.config import MODEL_PRESETS, DataConfig
+from diffmem.data import build_dataset, load_dataset
 from diffmem.io import load_npz
+from diffmem.nn import build_denoiser
+from diffmem.train.checkpoints import save_denoiser
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +51,8 @@ def test_sample_optimal_writes_uint8_images_labels_seeds(digits_npz, tmp_path, c
 
 
 def test_sample_optimal_of_a_labelled_dataset_is_conditional(tmp_path, capsys):
-    data = pytest.importorskip("diffmem.data")
-    from diffmem.config import DataConfig
-
-    d = data.build_dataset(DataConfig(source="digits", size=50, labels="true"), tmp_path / "ds")
-    train, classes = data.load_dataset(d)
+    d = build_dataset(DataConfig(source="digits", size=50, labels="true"), tmp_path / "ds")
+    train, classes = load_dataset(d)
     out = tmp_path / "c.npz"
     assert main(["sample", "--optimal", str(d), "--n", "20", "--label", "3", "--out", str(out)]) == 0
     s = load_npz(out)
@@ -60,19 +62,12 @@ def test_sample_optimal_of_a_labelled_dataset_is_conditional(tmp_path, capsys):
 
 
 def test_sample_run_checkpoint_is_batch_invariant(tmp_path):
-    ckpt = pytest.importorskip("diffmem.train.checkpoints", reason="needs the training package's checkpoints")
-    nn = pytest.importorskip("diffmem.nn", reason="needs the model package")
-    if not hasattr(ckpt, "save_denoiser"):
-        pytest.skip("diffmem.train.checkpoints has no save_denoiser to write a checkpoint with")
-    from diffmem.config import MODEL_PRESETS
-
-    cfg = MODEL_PRESETS["digits"]
-    cfg = type(cfg)(**{**cfg.__dict__, "channels": 8, "label_dim": 4})
+    cfg = dataclasses.replace(MODEL_PRESETS["digits"], channels=8, label_dim=4)
     torch.manual_seed(0)
-    model = nn.build_denoiser(cfg)
+    model = build_denoiser(cfg)
     for p in model.parameters():  # an untrained but not trivially zero network
         p.data.add_(0.05 * torch.randn_like(p))
-    ckpt.save_denoiser(tmp_path / "m.safetensors", model, cfg)
+    save_denoiser(tmp_path / "m.safetensors", model, cfg)
     outs = []
     for batch in ("3", "10"):
         out = tmp_path / f"b{batch}.npz"

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffmem.config import ModelConfig, TrainConfig
 from diffmem.io import ImageSet, save_image_set
 from diffmem.train import train
 
@@ -39,7 +38,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     add_arguments(p)
     args = p.parse_args(["--data", str(data), "--out", str(tmp_path / "one"), *ARGS])
     model, t = resolve(args)
-    assert isinstance(model, ModelConfig) and isinstance(t, TrainConfig)
+    # the flags above reach the config both runs train with (channels, batch, duration, EMA: not the preset's)
+    assert (model.channels, model.dropout) == (8, 0.0)
+    assert (t.batch, t.kimg, t.epochs, t.lr, t.warmup_kimg) == (8, 0.032, None, 2e-3, 0.016)
+    assert (t.ema_decay, t.snapshot_kimg, t.log_kimg, t.device) == (0.5, 0.016, 0.008, "cpu")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

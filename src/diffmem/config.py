@@ -194,6 +194,15 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back to tuples at any depth (a study's factor values, e.g. skip masks, are lists of lists)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     tp, optional = _unwrap_optional(tp)
     if value is None:
@@ -212,7 +221,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{where}: {value!r} is not valid; expected an object")
-        return {str(k): tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        return {str(k): _tuples(v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise UsageError(f"{where}: {value!r} is not valid; expected true or false")

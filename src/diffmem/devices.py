@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -18,3 +20,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device: {name!r} is not available on this machine; expected auto or cpu")
     return dev
+
+
+# libraries that read their thread count from the environment when they load
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_threads(n: int, name: str = "threads") -> None:
+    """Use ``n`` CPU threads in this process: torch's intra-op pool, the BLAS and OpenMP pools already loaded
+    (NumPy's, through threadpoolctl), and the environment that libraries loaded later read. ``name`` is
+    what an error calls ``n``."""
+    from threadpoolctl import threadpool_limits
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad(name, n, "a positive number of threads")
+    for name in THREAD_ENV:
+        os.environ[name] = str(n)
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)

@@ -1,4 +1,5 @@
-"""Image arrays on disk (DESIGN.md §2): ``.npz`` files, artefact directories, image folders and zips.
+"""Image arrays on disk (the layout: README.md, "Files"): ``.npz`` files, artefact directories, image folders and
+zips.
 
 An image set is ``images`` uint8 N×C×H×W, optional ``labels`` int64 N (−1 = unlabeled), optional
 ``seeds`` int64 N and optional ``names`` str N (fixed-width unicode, so it loads without pickling):

@@ -1,7 +1,9 @@
 """The ``diffmem`` command line: argument parsing only; every command calls the library.
 
 Each command lives in its own module of this package and provides ``HELP`` (one line),
-``EXAMPLES`` (text), ``add_arguments(parser)`` and ``run(args) -> int``.
+``EXAMPLES`` (text), ``add_arguments(parser)`` and ``run(args) -> int``. Options that mean the same
+on several commands (``--json``, ``--no-progress``, ``--threads``, ``--debug``) come from the helpers
+in :mod:`diffmem.cli.common`.
 Errors: one line on stderr, exit code 2 for bad usage or input, 1 for a failure while running,
 no traceback unless ``--debug``.
 """
@@ -15,6 +17,7 @@ import sys
 import traceback
 
 from diffmem import __version__
+from diffmem.cli.common import add_debug_argument, apply_threads
 from diffmem.errors import DiffmemError
 
 COMMANDS = ("data", "train", "sample", "measure", "emm", "study", "report")
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog="examples:\n" + mod.EXAMPLES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+        add_debug_argument(p)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        apply_threads(args)
         return int(args._run(args) or 0)
     except DiffmemError as e:
         if debug:

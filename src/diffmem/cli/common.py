@@ -1,7 +1,19 @@
-"""Small helpers shared by the command modules: JSON output, progress bars, number parsing."""
+"""What the command modules share: the options that mean the same on every command, JSON output, number parsing.
+
+Each shared option is added by one helper here, so it has one spelling, one help text and one behaviour
+wherever it appears:
+
+- ``--debug`` (every command): tracebacks and debug logging;
+- ``--json``: the result as one JSON object on stdout and nothing else there;
+- ``--no-progress``: no progress bars (bars go to stderr, and only when it is a terminal);
+- ``--threads N``: the CPU threads of this process's numerical work, set by :func:`apply_threads` before the
+  command runs;
+- ``--dry-run``: print what would run (the resolved config; for a sweep, also its trainings) and stop.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from fractions import Fraction
@@ -9,6 +21,54 @@ from typing import Any
 
 from diffmem.artefacts import to_jsonable
 from diffmem.errors import UsageError
+
+DEBUG_HELP = "show tracebacks and debug logging"
+JSON_HELP = "print the result as one JSON object on stdout and nothing else there"
+NO_PROGRESS_HELP = "hide the progress bars (shown on stderr when it is a terminal)"
+DRY_RUN_HELP = ("print what would run (the resolved config, in full with --json; emm and study: the trainings "
+                "planned) and stop, writing nothing")
+THREADS_HELP = ("CPU threads of this process for torch and the NumPy BLAS (default: their own choice; 1 is often "
+                "fastest for small models on a busy machine)")
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: tracebacks and debug logging (on every command)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """``--json``: the command prints its result with :func:`print_json` and nothing else on stdout."""
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: read back with :func:`show_progress`."""
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: applied by :func:`apply_threads`, which the command line calls before any command runs."""
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
+def add_dry_run_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dry-run``: the command prints its resolved config (with ``--json``: as one JSON object) and returns."""
+    parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows progress bars: stderr is a terminal and ``--no-progress`` was not given."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set the CPU threads ``--threads`` asks for (nothing when the command has no such option or it is not given)."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    from diffmem.devices import set_threads  # imports torch: only when asked
+
+    set_threads(n, "--threads")
 
 
 def print_json(obj: Any) -> None:
@@ -22,9 +82,3 @@ def parse_fraction(text: str, option: str) -> float:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError) as e:
         raise UsageError(f"{option}: {text!r} is not valid; expected a number such as 1/3 or 0.5") from e
-
-
-
-
-def not_built(name: str) -> int:
-    raise UsageError(f"'diffmem {name}' is not built yet in this version; see the README for what works now")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffmem.cli.common import add_json_argument, add_progress_argument, add_threads_argument, print_json, show_progress
 from diffmem.data.resize import RESAMPLE_FILTERS
 from diffmem.data.sources import SOURCE_FORMS
 
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"near duplicates: RMS pixel distance ≤ T on the 0..255 scale (default: "
                              f"{d.near_dup_threshold:g})")
     parser.add_argument("--out", required=True, metavar="DIR", help="the artefact directory to write")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (the manifest) on stdout")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
 
 
 def _lines(m: dict, out: Path, reused: bool) -> list[str]:
@@ -80,13 +83,12 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from diffmem.artefacts import is_complete, read_manifest
-    from diffmem.cli.common import print_json
     from diffmem.data import build_dataset
 
     cfg = config_from_args(args)
     out = Path(args.out)
     reused = is_complete(out, "dataset", cfg)
-    build_dataset(cfg, out, progress=True)
+    build_dataset(cfg, out, progress=show_progress(args))
     m = read_manifest(out) or {}
     if args.json:
         print_json({**m, "out": str(out), "reused": reused})

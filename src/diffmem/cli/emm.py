@@ -8,11 +8,18 @@ import math
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import print_json
+from diffmem.cli.common import (
+    add_dry_run_argument,
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 
 HELP = "find the EMM of one recipe: the largest |D| whose memorization ratio is still ≥ 1 − ε"
 EXAMPLES = """\
-  diffmem emm --preset digits --out out/digits-emm          # the embedded default (~15 min on 2 cores)
+  diffmem emm --preset digits --out out/digits-emm          # the embedded default (tens of minutes on 2 cores)
   diffmem emm --config my-emm.json --out out/emm --json     # one JSON object on stdout
   diffmem emm --preset cifar10 --out out/c10 --backend ray --ray-address auto
   diffmem emm --preset digits --out out/dry --synthetic 300 # the search on a known curve, no training
@@ -40,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", type=float, metavar="EMM",
                         help="run the search on a synthetic ratio curve crossing 1 − ε at EMM (no training); with "
                              "--frontier, EMM at the final budget and growing linearly with the budget")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
+    add_dry_run_argument(parser)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +57,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run jobs here one after another (local) or as Ray tasks (ray)")
     parser.add_argument("--ray-address", metavar="ADDRESS",
                         help="an existing Ray cluster (e.g. auto or ray://host:10001); default: a local Ray instance")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     parser.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -197,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.frontier:
             synthetic = dataclasses.replace(synthetic, snapshots_kimg=tuple(frontier_budgets(cfg.train)), growth=1.0)
     res, report = run_sweep(args, out, lambda backend: run_emm(cfg, out, backend=backend, synthetic=synthetic,
-                                                              progress=sys.stderr.isatty()))
+                                                              progress=show_progress(args)))
     if args.json:
         print_json(res.summary())
     else:
@@ -210,8 +219,12 @@ def run(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace, out: Path, go):
     """``go(backend)`` on the backend the options name (closed whatever happens), then the report
     unless ``--no-report``; returns the result and the report's path (or None)."""
+    from diffmem.errors import UsageError
     from diffmem.sweep import make_backend
 
+    if args.threads is not None and args.backend != "local":
+        raise UsageError(f"--threads: {args.threads} sets the threads of jobs run in this process; expected "
+                         "--backend local, or no --threads with --backend ray (Ray gives each task its CPU threads)")
     backend = make_backend(args.backend, args.ray_address)
     try:
         res = go(backend)

@@ -110,12 +110,8 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
 
 def _trained(args: argparse.Namespace, cfg: SampleConfig):
     from diffmem.devices import resolve_device
+    from diffmem.train.checkpoints import load_denoiser
 
-    try:
-        from diffmem.train.checkpoints import load_denoiser
-    except ImportError as e:
-        raise UsageError("--run: loading trained runs is not available in this installation "
-                         f"({e}); expected diffmem.train.checkpoints") from e
     device = resolve_device(cfg.device)
     denoiser, model_cfg = load_denoiser(args.run, snapshot_kimg=args.snapshot, device=str(device))
     denoiser.eval()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import print_json
+from diffmem.cli.common import add_dry_run_argument, print_json, show_progress
 from diffmem.cli.emm import add_run_arguments, fmt_size, run_sweep
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
@@ -23,9 +23,7 @@ EXAMPLES = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="a StudyConfig JSON file (see docs/EMM.md)")
     add_run_arguments(parser)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan (factor values, trainings) and run nothing; with --json also every "
-                             "value's resolved config")
+    add_dry_run_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(cfg, out, args.json)
     res, report = run_sweep(args, out, lambda backend: run_study(cfg, out, backend=backend,
-                                                                progress=sys.stderr.isatty()))
+                                                                progress=show_progress(args)))
     if args.json:
         print_json(res.summary())
         return 0

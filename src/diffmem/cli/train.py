@@ -9,6 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+from diffmem.cli.common import (
+    add_dry_run_argument,
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 from diffmem.config import ModelConfig, TrainConfig, model_train_preset, preset_names, to_dict
 from diffmem.errors import UsageError
 
@@ -74,14 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (_, kind, text) in _TRAIN_FLAGS.items():
         t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
     parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser: minutes of warm-up, "
-                                                             "then faster steps (about 4× for the digits preset on "
-                                                             "a CPU)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (the run summary) on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown on a terminal)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a "
-                             "busy machine)")
+                                                             "then faster steps (measured gains: "
+                                                             "benchmarks/results/train.md)")
+    add_dry_run_argument(parser)
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
 
 
 def _metavar(kind) -> str | None:
@@ -126,16 +132,9 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.cli.common import print_json
     from diffmem.train.loop import resolve_configs
 
     model, train = resolve(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads: {args.threads} is not valid; expected a positive number of threads")
-        import torch
-
-        torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     if args.dry_run:
         _, _, resolved = resolve_configs(data, model, train)
@@ -150,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         train_fn(data, out, model, train, progress=False)
         return 0
     with _out_lock(out):
-        train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty())
+        train_fn(data, out, model, train, progress=show_progress(args))
     summary = _summary(out)
     if args.json:
         print_json(summary)

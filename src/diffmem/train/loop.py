@@ -151,7 +151,7 @@ def train(
     progress: bool = False,
     stop_after_steps: int | None = None,  # save the state and return early after this step (interruption)
 ) -> Path:
-    """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (DESIGN.md §2); returns ``run``.
+    """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (README.md, "Files"); returns ``run``.
 
     Resumes from ``run/state.safetensors`` when ``run`` holds an unfinished run of the same config,
     returns at once when it holds the finished run, and refuses a run dir of a different config.
