@@ -138,6 +138,15 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
         load_denoiser(tmp_path / "pickled.safetensors")
 
 
+def test_snapshot_of_an_earlier_network_layout_is_refused(tmp_path):
+    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, _write
+
+    cfg = dataclasses.replace(MODEL, resolution=8, in_channels=1)
+    _write(tmp_path / "old.safetensors", build_denoiser(cfg).state_dict(), {"format": SNAPSHOT_FORMAT, "config": cfg})
+    with pytest.raises(UsageError, match="network layout 1 is not valid; expected layout 2"):
+        load_denoiser(tmp_path / "old.safetensors")
+
+
 def test_damaged_state_is_refused_not_restarted(data16, tmp_path):
     run = train(data16, tmp_path / "run", MODEL, TRAIN, stop_after_steps=1)
     state = run / "state.safetensors"

@@ -51,7 +51,7 @@ class DataConfig:
 class ModelConfig:
     """Backbone and preconditioner (DDPM++ / NCSN++ family, VP / VE / EDM)."""
 
-    arch: str = "ddpmpp"  # ddpmpp | ncsnpp
+    arch: str = "ddpmpp"  # ddpmpp (box filter [1,1]) | ncsnpp (FIR [1,3,3,1], 2C noise channels, residual encoder)
     resolution: int = 32  # image side, filled in from the dataset
     in_channels: int = 3  # filled in from the dataset
     channels: int = 128  # base channel count (width)
@@ -60,7 +60,8 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.13
     embedding: str = "positional"  # positional | fourier time embedding
-    encoder: str = "standard"  # standard | residual (NCSN++)
+    encoder: str | None = None  # standard | residual (NCSN++ progressive input); None = the arch's
+    channel_mult_noise: int | None = None  # noise-embedding channels ÷ C; None = the arch's (ddpmpp 1, ncsnpp 2)
     skip_mask: tuple[bool, ...] | None = None  # one flag per encoder→decoder skip; None = all on
     label_dim: int = 0  # number of label classes; 0 = unconditional
     precond: str = "vp"  # vp | ve | edm
