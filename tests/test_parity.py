@@ -102,3 +102,84 @@ def test_preconditioned_output_and_training_loss_match_the_reference(key, precon
     _close(seen["D"], g("D"), 1e-5 * scale, f"{key} {precond} D(y + σn; σ)")
     _close(loss, g("loss_per_image"), 1e-5 * g("loss_per_image"), f"{key} {precond} loss per image")
     assert float(loss.mean()) == pytest.approx(float(g("loss")), rel=1e-5)  # summed over pixels, mean over batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules: the reference training loop's lr and EMA β per step, its data order
+
+
+def _schedules() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "schedules.npz", allow_pickle=False) as f:
+        return dict(f)
+
+
+# the reference's --ema_mode values as diffmem training configs (batch 64, lr 2e-4, the other defaults:
+# warm-up 200 epochs, half-life 10 epochs, ramp-up 0.05)
+EMA_MODES = {
+    "mode1": dict(ema_mode="halflife"),
+    "mode2": dict(ema_mode="compensated"),
+    "mode3": dict(ema_mode="halflife", ema_halflife_kimg=500.0, ema_halflife_epochs=None, ema_rampup_ratio=None),
+    "mode4": dict(ema_mode="final", ema_decay=0.9),
+}
+
+
+@pytest.mark.parametrize("n", [250, 1000])
+@pytest.mark.parametrize("mode", list(EMA_MODES))
+def test_learning_rate_and_ema_decay_per_step_match_the_reference(mode, n):
+    from diffmem.train.ema import ema_beta
+    from diffmem.train.schedule import learning_rate, validate_schedules
+
+    want = _schedules()
+    B = int(want["batch"])
+    t = TrainConfig(epochs=1.0, batch=B, lr=2e-4, **EMA_MODES[mode])
+    validate_schedules(t, n)
+    steps, nimg = want[f"{n}/{mode}/step"], want[f"{n}/{mode}/nimg"]
+    assert np.array_equal(nimg, steps * B)  # images counted before each step
+    lr = np.array([learning_rate(t, int(k), n) for k in nimg])
+    beta = np.array([ema_beta(t, int(k), B, n) for k in nimg])
+    np.testing.assert_allclose(lr, want[f"{n}/{mode}/lr"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(beta, want[f"{n}/{mode}/beta"], rtol=1e-12, atol=1e-300)
+
+
+def test_the_fixed_data_order_is_the_reference_samplers():
+    from diffmem.train.dataset import DataOrder
+
+    want = _schedules()
+    for n in (10, 250):
+        order = DataOrder(n, 7, seed=1024, order="fixed")
+        got = np.concatenate([order.indices(s) for s in range(len(want[f"order/{n}"]) // 7 + 1)])
+        assert np.array_equal(got[:len(want[f"order/{n}"])], want[f"order/{n}"])
+
+
+@pytest.mark.slow
+def test_the_training_loop_applies_the_reference_schedules(tmp_path):
+    """Through diffmem's loop: the logged lr of the first steps and the EMA β of steps 0 and 1 (recovered from
+    the raw and EMA weights of the resumable states) are the reference's, for |D| = 250 in the default mode."""
+    from safetensors.torch import load_file
+
+    from diffmem.config import ModelConfig
+    from diffmem.io import ImageSet, save_image_set
+    from diffmem.train import train
+
+    want = _schedules()
+    B = int(want["batch"])
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    save_image_set(data, ImageSet(images=rng.integers(0, 256, (250, 1, 8, 8), dtype=np.uint8), labels=None))
+    model = ModelConfig(channels=8, channel_mult=(1,), blocks=1, attn_resolutions=(), dropout=0.0, precond="vp")
+    # the reference's defaults, at lr 1 so that the first steps move the weights far beyond float32 rounding
+    t = TrainConfig(kimg=B * 3 / 1000, batch=B, lr=1.0, log_kimg=B / 1000, device="cpu")
+    run = tmp_path / "run"
+    states = []
+    for stop in (1, 2):
+        train(data, run, model, t, stop_after_steps=stop)
+        s = load_file(str(run / "state.safetensors"))
+        states.append(({k[6:]: v for k, v in s.items() if k.startswith("model.")},
+                       {k[4:]: v for k, v in s.items() if k.startswith("ema.")}))
+    (p1, e1), (p2, e2) = states
+    assert all(torch.equal(e1[k], p1[k]) for k in p1)  # β of step 0 is 0: the EMA is the raw weights
+    num = sum(float(((e2[k] - p2[k]).double() * (p1[k] - p2[k]).double()).sum()) for k in p1)
+    den = sum(float(((p1[k] - p2[k]).double() ** 2).sum()) for k in p1)
+    assert num / den == pytest.approx(float(want["250/mode2/beta"][1]), rel=1e-4)
+    lrs = [json.loads(line)["lr"] for line in (run / "stats.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(lrs, want["250/mode2/lr"][:2] / 2e-4, rtol=1e-12, atol=0)  # golden at lr 2e-4
