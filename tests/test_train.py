@@ -316,3 +316,18 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     _assert_same_tensors(_tensors(whole / "final.safetensors"), _tensors(run / "final.safetensors"))
     _assert_same_tensors(_tensors(whole / "state.safetensors"), _tensors(run / "state.safetensors"))
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files left behind
+
+
+def test_fp32_training_turns_tf32_off_and_restores_it():
+    from diffmem.devices import exact_float32
+
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with exact_float32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with exact_float32(enabled=False):  # bf16 runs leave the settings alone
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -110,7 +110,7 @@ class TrainConfig:
     state_kimg: float | None = None  # resumable state every this many kimg; None = at snapshots
     P_mean: float = -1.2  # EDM loss: log σ ~ N(P_mean, P_std²)
     P_std: float = 1.2
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 (no TF32 on GPUs) | bf16 (autocast)
     compile: bool = False  # torch.compile the denoiser (minutes of warm-up; faster steps; not bit-equal to eager)
     grad_clip: float | None = None
     seed: int = 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from diffmem.errors import UsageError
@@ -18,3 +21,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device: {name!r} is not available on this machine; expected auto or cpu")
     return dev
+
+
+@contextlib.contextmanager
+def exact_float32(enabled: bool = True) -> Iterator[None]:
+    """Within: no TF32 in CUDA matrix products and convolutions (as the reference study's training loop sets),
+    so float32 means float32 on GPUs that would round to TF32; the previous settings are restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -64,7 +64,7 @@ _TRAIN_FLAGS = {
     "state-kimg": ("state_kimg", float, "resumable state every this many kimg (default: at snapshots)"),
     "P-mean": ("P_mean", float, "EDM loss: mean of ln σ"),
     "P-std": ("P_std", float, "EDM loss: standard deviation of ln σ"),
-    "precision": ("precision", str, "fp32, or bf16 autocast"),
+    "precision": ("precision", str, "fp32 (no TF32 on GPUs, as the reference), or bf16 autocast"),
     "grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
     "seed": ("seed", int, "seed of the initial weights, data order, σ, noise and dropout"),
     "device": ("device", str, "auto, cpu, cuda or cuda:N"),

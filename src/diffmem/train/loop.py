@@ -20,7 +20,7 @@ import torch
 
 from diffmem import artefacts
 from diffmem.config import ModelConfig, TrainConfig
-from diffmem.devices import resolve_device
+from diffmem.devices import exact_float32, resolve_device
 from diffmem.errors import RunError, UsageError
 from diffmem.io import to_model_scale
 from diffmem.nn import build_denoiser, validate_model_config
@@ -164,7 +164,8 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     # training seeds torch's global generators (initial weights, dropout); the caller's states are restored
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            exact_float32(train.precision == "fp32"):  # no TF32, as the reference
         return _train(data, run, model, train, device, progress, stop_after_steps)
 
 
