@@ -172,7 +172,7 @@ class UNetBlock(nn.Module):
         self.attention = attention
         if attention:
             self.norm2 = group_norm(out_ch)
-            self.qkv = conv(out_ch, 3 * out_ch, 1, scale=ATTN_QKV)  # output channel 3c + j: j = 0 q, 1 k, 2 v
+            self.qkv = conv(out_ch, 3 * out_ch, 1, scale=ATTN_QKV)
             self.proj = conv(out_ch, out_ch, 1, scale=NEAR_ZERO)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -184,8 +184,8 @@ class UNetBlock(nn.Module):
         x = (h + (self.skip(x) if self.skip is not None else x)) * SKIP_SCALE
         if self.attention:
             n, c, hh, ww = x.shape
-            q, k, v = self.qkv(self.norm2(x)).reshape(n, c, 3, hh * ww).unbind(2)  # each n × c × HW
-            t = lambda a: a.transpose(1, 2)[:, None]  # noqa: E731  n × 1 head × HW × c
-            a = F.scaled_dot_product_attention(t(q), t(k), t(v))  # softmax(q kᵀ / √c) v, one head
+            # q, k, v: n × 1 head × HW × c (output channel 3i + j of qkv is channel i of q, k, v for j = 0, 1, 2)
+            q, k, v = self.qkv(self.norm2(x)).reshape(n, c, 3, hh * ww).permute(2, 0, 3, 1)[:, :, None].unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √c) v, one head
             x = (self.proj(a[:, 0].transpose(1, 2).reshape(n, c, hh, ww)) + x) * SKIP_SCALE
         return x
