@@ -30,7 +30,8 @@ from diffmem.sweep.table import read_table
 TINY = EMMConfig(
     model=ModelConfig(resolution=8, in_channels=1, channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
                       dropout=0.0, precond="edm"),
-    train=TrainConfig(kimg=0.64, batch=16, lr=2e-3, warmup_kimg=0.16, ema_decay=0.9, ema_halflife_kimg=None,
+    train=TrainConfig(kimg=0.64, batch=16, lr=2e-3, warmup_kimg=0.16, warmup_epochs=None, ema_mode="constant",
+                      ema_decay=0.9, ema_halflife_epochs=None,
                       ema_rampup_ratio=None, snapshot_kimg=0.32, device="cpu"),
     sample=SampleConfig(steps=4, device="cpu"),
     measure=MeasureConfig(device="cpu"),

@@ -105,7 +105,8 @@ def test_training_state_crafted_as_a_pickle_never_runs(fmt, good, tmp_path, caps
     from diffmem.train import train
 
     model = ModelConfig(channels=8, channel_mult=(1,), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm")
-    t = TrainConfig(kimg=0.032, batch=8, lr=1e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
+    t = TrainConfig(kimg=0.032, batch=8, lr=1e-3, warmup_kimg=0.0, warmup_epochs=None, ema_mode="constant",
+                    ema_decay=0.9, ema_halflife_epochs=None,
                     snapshot_kimg=None, device="cpu")
     run = train(good, tmp_path / "run", model, t, stop_after_steps=1)
     state = run / "state.safetensors"

@@ -22,8 +22,9 @@ from diffmem.train.extend import extend_run
 
 MODEL = ModelConfig(channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(), dropout=0.2, precond="edm")
 # dropout, gradient accumulation, batches spanning epochs (24 > 16 images), lr warm-up, EMA by half-life with ramp-up
-TRAIN = TrainConfig(kimg=0.192, batch=24, batch_per_device=8, lr=2e-3, warmup_kimg=0.05, ema_decay=None,
-                    ema_halflife_kimg=0.05, ema_rampup_ratio=0.5, snapshot_kimg=0.048, log_kimg=0.024, device="cpu")
+TRAIN = TrainConfig(kimg=0.192, batch=24, batch_per_device=8, lr=2e-3, warmup_kimg=0.05, warmup_epochs=None,
+                    ema_mode="halflife", ema_decay=None, ema_halflife_kimg=0.05, ema_halflife_epochs=None,
+                    ema_rampup_ratio=0.5, snapshot_kimg=0.048, log_kimg=0.024, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def test_extension_refuses_what_is_not_a_prefix(data16, tmp_path):
 TINY = EMMConfig(
     model=ModelConfig(resolution=8, in_channels=1, channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
                       dropout=0.0, precond="edm"),
-    train=TrainConfig(kimg=0.096, batch=16, lr=2e-3, warmup_kimg=0.016, ema_decay=0.9, ema_halflife_kimg=None,
-                      ema_rampup_ratio=None, snapshot_kimg=0.032, device="cpu"),
+    train=TrainConfig(kimg=0.096, batch=16, lr=2e-3, warmup_kimg=0.016, warmup_epochs=None, ema_mode="constant",
+                      ema_decay=0.9, ema_halflife_epochs=None, ema_rampup_ratio=None, snapshot_kimg=0.032, device="cpu"),
     sample=SampleConfig(steps=4, device="cpu"),
     measure=MeasureConfig(device="cpu"),
     n_samples=32, size_min=8, size_max=64, grid_factor=8.0, bracket_factor=8.0, measure_ends=True, frontier=True,

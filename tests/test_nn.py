@@ -10,7 +10,7 @@ import torch
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.errors import UsageError
 from diffmem.nn import build_denoiser, num_skips, vp_sigma, vp_sigma_inv
-from diffmem.nn.layers import PositionalEmbedding, Resample
+from diffmem.nn.layers import FourierEmbedding, PositionalEmbedding, Resample
 from diffmem.nn.precond import PRECONDITIONERS
 from diffmem.train.losses import loss_weight, sample_sigma
 
@@ -95,13 +95,14 @@ def test_training_sigma_distributions():
     np.testing.assert_allclose(sample_sigma(ve, t, u, z).numpy(), [0.02, math.sqrt(0.02 * 100), 100], rtol=1e-12)
     vp = dataclasses.replace(TINY, precond="vp")
     s = sample_sigma(vp, t, u, z).numpy()
-    assert s[0] == pytest.approx(build_denoiser(vp).sigma_min, rel=1e-12)
-    assert s[2] == pytest.approx(build_denoiser(vp).sigma_max, rel=1e-12)
+    assert s[0] == pytest.approx(build_denoiser(vp).sigma_max, rel=1e-12)  # u = 0 → t = 1
+    assert s[2] == pytest.approx(build_denoiser(vp).sigma_min, rel=1e-12)  # u = 1 → t = ε_t
 
 
 SHAPE_CASES = [  # every knob the study varies, on tiny models
     dict(),
-    dict(arch="ncsnpp", embedding="fourier", encoder="residual"),
+    dict(arch="ncsnpp", embedding="fourier"),
+    dict(arch="ncsnpp", encoder="standard", channel_mult_noise=1),
     dict(encoder="residual", precond="vp"),
     dict(embedding="fourier", precond="ve", label_dim=5),
     dict(label_dim=16),
@@ -169,44 +170,93 @@ def test_resampling_keeps_constants_and_box_is_average_pooling(taps):
 
 
 def test_positional_embedding_known_values():
+    # [sin, cos] of c·f_i with f_i = 10⁻⁴^(i / (n − 1)): the lowest frequency is exactly 1e-4 (endpoint)
     e = PositionalEmbedding(8)(torch.tensor([0.0, 2.0]))
-    freqs = (1 / 10_000) ** (np.arange(4) / 4)
-    np.testing.assert_allclose(e[1].numpy(), np.concatenate([np.cos(2 * freqs), np.sin(2 * freqs)]), rtol=1e-6)
-    np.testing.assert_allclose(e[0].numpy(), [1, 1, 1, 1, 0, 0, 0, 0])
+    freqs = np.array([1.0, 10_000 ** (-1 / 3), 10_000 ** (-2 / 3), 1e-4])
+    np.testing.assert_allclose(e[1].numpy(), np.concatenate([np.sin(2 * freqs), np.cos(2 * freqs)]), rtol=1e-6)
+    np.testing.assert_allclose(e[0].numpy(), [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_fourier_embedding_known_values():
+    emb = FourierEmbedding(6)
+    f = emb.freqs.double().numpy()
+    a = 2 * np.pi * 0.3 * f
+    np.testing.assert_allclose(emb(torch.tensor([0.3]))[0].numpy(), np.concatenate([np.sin(a), np.cos(a)]), rtol=2e-5)
+
+
+def test_arch_defaults_and_overrides():
+    from diffmem.nn import noise_channels, resolved_encoder
+
+    nc = dataclasses.replace(TINY, arch="ncsnpp")
+    assert (resolved_encoder(nc), noise_channels(nc)) == ("residual", 16)  # NCSN++: residual encoder, 2C
+    assert (resolved_encoder(TINY), noise_channels(TINY)) == ("standard", 8)  # DDPM++: standard, C
+    own = dataclasses.replace(nc, encoder="standard", channel_mult_noise=3)
+    assert (resolved_encoder(own), noise_channels(own)) == ("standard", 24)
+    net = build_denoiser(nc).backbone
+    assert net.map_layer0.in_features == 16 and len(net.aux) == 1
+    assert len(build_denoiser(own).backbone.aux) == 0 and build_denoiser(own).backbone.map_layer0.in_features == 24
+    with pytest.raises(UsageError, match="--channel-mult-noise: 0"):
+        build_denoiser(dataclasses.replace(TINY, channel_mult_noise=0))
+
+
+def test_initialisation_scales():
+    """Xavier-uniform everywhere; the last layer of each residual branch × 1e-5, the attention's q/k/v × √0.2;
+    biases zero (bound b = √(6 / (fan_in + fan_out)), so |w| ≤ scale·b and std(w) ≈ scale·b/√3)."""
+    torch.manual_seed(0)
+    net = build_denoiser(dataclasses.replace(TINY, channels=32, attn_resolutions=(4,))).backbone
+
+    def check(conv, scale):
+        w = conv.weight.detach().double()
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+        b = scale * math.sqrt(6 / (fan_in + fan_out))
+        assert w.abs().max() <= b and w.std() == pytest.approx(b / math.sqrt(3), rel=0.1)
+        assert conv.bias.abs().max() == 0
+
+    check(net.conv_out, 1e-5)
+    check(net.conv_in, 1.0)
+    for block in [*net.enc, *net.mid, *net.dec]:
+        check(block.conv0, 1.0)
+        check(block.conv1, 1e-5)
+        if block.attention:
+            check(block.qkv, math.sqrt(0.2))
+            check(block.proj, 1e-5)
 
 
 @pytest.mark.parametrize("precond", sorted(PRECONDITIONERS))
-def test_zero_initialised_model_starts_at_c_skip_x(precond):
-    # the output convolution starts at zero, so an untrained D(x; σ) = c_skip(σ)·x
+def test_untrained_model_starts_near_c_skip_x(precond):
+    # the output convolution starts near zero (Xavier × 1e-5), so an untrained D(x; σ) ≈ c_skip(σ)·x
     cfg = dataclasses.replace(TINY, precond=precond)
     D = build_denoiser(cfg)
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
-    c_skip = torch.as_tensor(_closed_forms(precond, SIGMAS, cfg)[0]).reshape(-1, 1, 1, 1)
-    torch.testing.assert_close(D(x, torch.as_tensor(SIGMAS)), c_skip * x, rtol=0, atol=0)
+    c_skip, c_out = (torch.as_tensor(c).reshape(-1, 1, 1, 1) for c in _closed_forms(precond, SIGMAS, cfg)[:2])
+    dev = (D(x, torch.as_tensor(SIGMAS)) - c_skip * x).abs() / c_out.abs()
+    assert 0 < dev.max() < 1e-3
 
 
 def test_label_embedding_trains_like_a_one_hot_linear():
-    """The label path must follow a Linear on √L·one_hot(label) under Adam, not only at initialisation."""
+    """The label path must follow a Linear (with bias) on √L·one_hot(label) under Adam, not only at initialisation."""
     from diffmem.nn.unet import UNet
 
     L, C = 1000, 8
     net = UNet(dataclasses.replace(TINY, label_dim=L, channels=C))
-    table = net.map_label.weight  # L×C
-    assert table.abs().max() <= math.sqrt(6 / (L + C))  # Xavier bound of the Linear
-    ref = torch.nn.Linear(L, C, bias=False)
+    emb = net.map_label
+    assert emb.weight.shape == (L, C) and emb.weight.abs().max() <= math.sqrt(6 / (L + C))  # Xavier bound
+    ref = torch.nn.Linear(L, C)
     with torch.no_grad():
-        ref.weight.copy_(table.detach().T)
+        ref.weight.copy_(emb.weight.detach().T)
+        ref.bias.copy_(emb.bias.detach())
     labels = torch.tensor([3, 7, 3])
     target = torch.randn(3, C, generator=torch.Generator().manual_seed(0))
 
     def step(params, embed):
-        opt = torch.optim.Adam(params, lr=1e-3)
-        loss = ((embed() - target) ** 2).sum()
-        loss.backward()
-        opt.step()
+        opt = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-2)
+        for _ in range(2):
+            opt.zero_grad()
+            ((embed() - target) ** 2).sum().backward()
+            opt.step()
         return embed().detach()
 
-    ours = step([table], lambda: net.map_label(labels) * net.label_scale)
+    ours = step(list(emb.parameters()), lambda: emb(labels))
     onehot = torch.nn.functional.one_hot(labels, L).float() * math.sqrt(L)
     theirs = step(list(ref.parameters()), lambda: ref(onehot))
     assert torch.allclose(ours, theirs, atol=1e-6)

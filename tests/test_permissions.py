@@ -66,8 +66,8 @@ def test_every_artefact_of_the_commands_honours_the_umask(tmp_path, umask, capsy
                  "--heldout", str(train_npz), "--out", str(tmp_path / "m"), "--json"]) == 0
     model = ModelConfig(channels=8, channel_mult=(1,), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm",
                         resolution=8, in_channels=1)
-    t = TrainConfig(kimg=0.016, batch=8, lr=1e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
-                    snapshot_kimg=0.008, device="cpu")
+    t = TrainConfig(kimg=0.016, batch=8, lr=1e-3, warmup_kimg=0.0, warmup_epochs=None, ema_mode="constant",
+                    ema_decay=0.9, ema_halflife_epochs=None, snapshot_kimg=0.008, device="cpu")
     train(tmp_path / "data", tmp_path / "run", model, t)
     capsys.readouterr()
     for d in ("data", "gen", "pngs", "m", "run"):

@@ -18,7 +18,8 @@ from diffmem.train.dataset import DataOrder, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 
 MODEL = ModelConfig(channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(), dropout=0.0, precond="edm")
-TRAIN = TrainConfig(kimg=0.048, batch=8, lr=2e-3, warmup_kimg=0.0, ema_decay=0.9, ema_halflife_kimg=None,
+TRAIN = TrainConfig(kimg=0.048, batch=8, lr=2e-3, warmup_kimg=0.0, warmup_epochs=None, ema_mode="constant",
+                    ema_decay=0.9, ema_halflife_epochs=None,
                     snapshot_kimg=0.016, log_kimg=0.008, device="cpu")
 
 
@@ -64,8 +65,9 @@ def test_loss_finite_and_decreasing(data16, tmp_path):
 def test_resume_is_bit_identical(data16, tmp_path):
     # dropout, gradient accumulation, batches spanning epochs (batch 24 > 16 images), EMA by half-life
     m = dataclasses.replace(MODEL, dropout=0.2)
-    t = dataclasses.replace(TRAIN, kimg=0.144, batch=24, batch_per_device=8, ema_decay=None,
-                            ema_halflife_kimg=0.05, ema_rampup_ratio=0.5, snapshot_kimg=0.048, warmup_kimg=0.05)
+    t = dataclasses.replace(TRAIN, kimg=0.144, batch=24, batch_per_device=8, ema_mode="halflife", ema_decay=None,
+                            ema_halflife_kimg=0.05, ema_rampup_ratio=0.5, snapshot_kimg=0.048, warmup_kimg=0.05,
+                            data_order="reshuffle")
     whole = train(data16, tmp_path / "whole", m, t)
     part = train(data16, tmp_path / "part", m, t, stop_after_steps=2)
     assert not (part / "final.safetensors").exists()
@@ -138,6 +140,15 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
         load_denoiser(tmp_path / "pickled.safetensors")
 
 
+def test_snapshot_of_an_earlier_network_layout_is_refused(tmp_path):
+    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, _write
+
+    cfg = dataclasses.replace(MODEL, resolution=8, in_channels=1)
+    _write(tmp_path / "old.safetensors", build_denoiser(cfg).state_dict(), {"format": SNAPSHOT_FORMAT, "config": cfg})
+    with pytest.raises(UsageError, match="network layout 1 is not valid; expected layout 2"):
+        load_denoiser(tmp_path / "old.safetensors")
+
+
 def test_damaged_state_is_refused_not_restarted(data16, tmp_path):
     run = train(data16, tmp_path / "run", MODEL, TRAIN, stop_after_steps=1)
     state = run / "state.safetensors"
@@ -174,20 +185,50 @@ def _meta(path):
 
 
 def test_data_order_is_an_epoch_permutation_from_the_seed():
-    o = DataOrder(n=10, batch=4, seed=7)
+    o = DataOrder(n=10, batch=4, seed=7, order="reshuffle")
     stream = np.concatenate([o.indices(s) for s in range(5)])  # 20 positions = 2 epochs
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert not np.array_equal(stream[:10], stream[10:])  # reshuffled each epoch
-    assert np.array_equal(DataOrder(10, 4, 7).indices(3), o.indices(3))  # stateless: step → indices
-    assert not np.array_equal(DataOrder(10, 10, 8).indices(0), DataOrder(10, 10, 7).indices(0))
+    assert np.array_equal(DataOrder(10, 4, 7, "reshuffle").indices(3), o.indices(3))  # stateless: step → indices
+    other_seed = DataOrder(10, 10, 8, "reshuffle").indices(0)
+    assert not np.array_equal(other_seed, DataOrder(10, 10, 7, "reshuffle").indices(0))
+
+
+def test_fixed_data_order_repeats_one_permutation():
+    o = DataOrder(n=10, batch=4, seed=7, order="fixed")
+    stream = np.concatenate([o.indices(s) for s in range(5)])  # 20 positions = 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and np.array_equal(stream[:10], stream[10:])
+    assert np.array_equal(stream[:10], np.random.RandomState(7).permutation(10))
+    assert np.array_equal(DataOrder(10, 4, 7, "fixed").indices(3), o.indices(3))  # stateless: step → indices
 
 
 def test_ema_beta_closed_forms():
-    assert ema_beta(TrainConfig(ema_decay=0.999), 10_000, 128) == 0.999
-    t = TrainConfig(ema_decay=None, ema_halflife_kimg=500.0, ema_rampup_ratio=0.05)
-    assert ema_beta(t, 1_000_000, 512) == pytest.approx(0.5 ** (512 / 50_000))  # ramp-up: 0.05 × 1M
-    assert ema_beta(t, 100_000_000, 512) == pytest.approx(0.5 ** (512 / 500_000))  # full half-life
-    assert ema_beta(TrainConfig(ema_decay=None, ema_halflife_kimg=None), 1, 1) == 0.0
+    B = 512
+    assert ema_beta(TrainConfig(ema_mode="constant", ema_decay=0.999), 10_000, 128, 1000) == 0.999
+    # halflife: 0.5^(B / h), h = min(halflife, 0.05 · images seen before the step)
+    t = TrainConfig(ema_mode="halflife", ema_halflife_kimg=500.0, ema_halflife_epochs=None, ema_rampup_ratio=0.05)
+    assert ema_beta(t, 1_000_000, B, 1000) == pytest.approx(0.5 ** (B / 50_000), rel=1e-14)  # ramp-up: 0.05 × 1M
+    assert ema_beta(t, 100_000_000, B, 1000) == pytest.approx(0.5 ** (B / 500_000), rel=1e-14)  # full half-life
+    assert ema_beta(t, 0, B, 1000) == 0.0  # the first step: h = 0
+    # compensated (the default, 10 epochs = |D|/100 kimg): 0.5^(512 / (h·50,000/|D|)) → 0.5^(512/500,000)
+    for n in (1_000, 50_000):
+        assert ema_beta(TrainConfig(batch=64), 10**9, 64, n) == pytest.approx(0.5 ** (512 / 500_000), rel=1e-14)
+    assert ema_beta(TrainConfig(), 10**9, B, 150) == pytest.approx(0.5 ** (512 * 150 / 1_000 / 50_000), rel=1e-14)
+    assert ema_beta(TrainConfig(), 10**9, B, 64) == 0.0  # 10 epochs of 64 images: 0 whole kimg
+    # final: ema_decay / 0.5^(B/500,000) · 0.5^(B / (h·ρ)) settles at ema_decay
+    f = TrainConfig(ema_mode="final", ema_decay=0.9)
+    assert ema_beta(f, 10**9, 128, 2_000) == pytest.approx(0.9, rel=1e-14)
+    assert ema_beta(f, 40_000, 128, 2_000) == pytest.approx(0.9 / 0.5 ** (128 / 500_000) * 0.5 ** (128 / 2_000 / 25),
+                                                             rel=1e-14)
+
+
+def test_learning_rate_warm_up_counts_images_before_the_step():
+    from diffmem.train.schedule import learning_rate
+
+    t = TrainConfig(lr=1e-3)  # 200 epochs = |D|/5 kimg, rounded down to whole kimg
+    assert [learning_rate(t, k, 64) for k in (0, 6_000, 12_000, 20_000)] == [0.0, 5e-4, 1e-3, 1e-3]  # 12 kimg
+    flat = dataclasses.replace(t, warmup_kimg=0.0, warmup_epochs=None)
+    assert (learning_rate(flat, 0, 64), learning_rate(flat, 1, 64)) == (0.0, 1e-3)  # even without warm-up
 
 
 def test_ema_update_matches_the_per_tensor_formula_bit_for_bit():
@@ -226,6 +267,13 @@ def test_bad_training_options_are_refused(data16, tmp_path):
         train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, epochs=3.0))
     with pytest.raises(UsageError, match="--batch-per-device: 3"):
         train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, batch_per_device=3))
+    with pytest.raises(UsageError, match=r"train.warmup_kimg / warmup_epochs: 0.0, 200.0; expected exactly one"):
+        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, warmup_epochs=200.0))
+    with pytest.raises(UsageError, match=r"train.ema_halflife_kimg / ema_halflife_epochs: None, None; expected "
+                                         r"exactly one of them for ema_mode halflife"):
+        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, ema_mode="halflife", ema_decay=None))
+    with pytest.raises(UsageError, match=r"train.seed \(--seed\): -1 is not valid; expected an integer in \[0, 2³²\)"):
+        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, seed=-1, data_order="fixed"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(UsageError, match="not a diffmem run"):
@@ -268,3 +316,18 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     _assert_same_tensors(_tensors(whole / "final.safetensors"), _tensors(run / "final.safetensors"))
     _assert_same_tensors(_tensors(whole / "state.safetensors"), _tensors(run / "state.safetensors"))
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written files left behind
+
+
+def test_fp32_training_turns_tf32_off_and_restores_it():
+    from diffmem.devices import exact_float32
+
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with exact_float32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with exact_float32(enabled=False):  # bf16 runs leave the settings alone
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -31,7 +31,7 @@ def _restore_threads():
 
 def test_dry_run_prints_the_resolved_config(data, tmp_path, capsys):
     rc = main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--skip-mask", "1,0,1,1",
-               "--attn-resolutions", "4", "--ema-halflife-kimg", "2", "--dry-run", "--json"])
+               "--attn-resolutions", "4", "--ema-mode", "halflife", "--ema-halflife-kimg", "2", "--dry-run", "--json"])
     out = capsys.readouterr().out
     assert rc == 0 and out.count("\n") == 1
     cfg = json.loads(out)
@@ -39,7 +39,9 @@ def test_dry_run_prints_the_resolved_config(data, tmp_path, capsys):
     assert (m["resolution"], m["in_channels"], m["label_dim"], m["channels"]) == (8, 1, 2, 8)
     assert m["skip_mask"] == [True, False, True, True] and m["attn_resolutions"] == [4]
     assert (t["kimg"], t["epochs"], t["batch"], t["lr"]) == (0.032, None, 8, 2e-3)  # lr from the preset
-    assert (t["ema_decay"], t["ema_halflife_kimg"]) == (None, 2.0)  # the half-life replaces the preset's decay
+    # the mode given: the preset's constant decay goes, the half-life given is kept
+    assert (t["ema_mode"], t["ema_decay"], t["ema_halflife_kimg"], t["ema_halflife_epochs"]) == \
+        ("halflife", None, 2.0, None)
     assert not (tmp_path / "r").exists()
 
 
@@ -64,8 +66,50 @@ def test_train_json_then_rerun_reuses(data, tmp_path, capsys):
     ("--precond", "ddim", "--precond: 'ddim' is not valid; expected one of edm, ve, vp"),
     ("--batch-per-device", "3", "--batch-per-device: 3 is not valid"),
     ("--preset", "huge", "--preset: 'huge' is not a preset"),
+    ("--ema-mode", "mode2", "train.ema_mode (--ema-mode): 'mode2' is not valid; expected one of constant, halflife"),
+    ("--loss-norm", "avg", "train.loss_norm (--loss-norm): 'avg' is not valid; expected sum"),
+    ("--data-order", "window", "train.data_order (--data-order): 'window' is not valid; expected fixed"),
+    ("--ema-rampup-ratio", "fast", "--ema-rampup-ratio: 'fast' is not valid; expected a number or 'none'"),
+    ("--warmup-epochs", "-1", "train.warmup_epochs (--warmup-epochs): -1.0 is not valid"),
+    ("--weight-decay", "nan", "train.weight_decay (--weight-decay): nan is not valid"),
 ])
 def test_bad_flags_are_one_line_usage_errors(data, tmp_path, capsys, flag, value, message):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, flag, value, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ema-mode", "compensated", "--ema-decay", "0.9"],
+     "train.ema_decay (--ema-decay): 0.9 is not valid; expected null: ema_mode compensated does not use it"),
+    (["--ema-halflife-epochs", "10"],  # the digits preset's EMA is constant
+     "train.ema_halflife_epochs (--ema-halflife-epochs): 10.0 is not valid; expected null: ema_mode constant"),
+    (["--ema-mode", "final", "--ema-decay", "1"], "train.ema_decay (--ema-decay): 1.0 is not valid; expected a "
+                                                  "decay in [0, 1) for ema_mode final"),
+    (["--ema-mode", "final", "--ema-decay", "0.99999", "--ema-halflife-kimg", "1000"],
+     "expected a final decay that keeps β < 1"),
+])
+def test_ema_options_a_mode_does_not_use_are_refused(data, tmp_path, capsys, flags, message):
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, *flags, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_paper_preset_resolves_to_the_reference_schedules(data, tmp_path, capsys):
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "paper-basic", "--dry-run",
+            "--json"]
+    assert main(args) == 0
+    t = json.loads(capsys.readouterr().out)["train"]
+    assert (t["epochs"], t["batch"], t["lr"], t["warmup_epochs"], t["warmup_kimg"]) == (40_000, 512, 2e-4, 200, None)
+    assert (t["ema_mode"], t["ema_halflife_epochs"], t["ema_rampup_ratio"], t["ema_decay"]) == \
+        ("compensated", 10, 0.05, None)
+    assert (t["loss_norm"], t["data_order"], t["snapshot_kimg"], t["weight_decay"]) == ("sum", "fixed", 2500, 0)
+    # the study's EMA table: mode4 with a final decay; the digits preset switched to the default mode
+    assert main([*args, "--ema-mode", "final", "--ema-decay", "0.9"]) == 0
+    t = json.loads(capsys.readouterr().out)["train"]
+    assert (t["ema_mode"], t["ema_decay"], t["ema_halflife_epochs"]) == ("final", 0.9, 10)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--ema-mode", "compensated",
+                 "--dry-run", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["train"]
+    assert (t["ema_mode"], t["ema_decay"], t["ema_halflife_epochs"], t["ema_halflife_kimg"]) == \
+        ("compensated", None, 10, None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -34,7 +36,18 @@ def set_threads(n: int, name: str = "threads") -> None:
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise bad(name, n, "a positive number of threads")
-    for name in THREAD_ENV:
-        os.environ[name] = str(n)
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
     torch.set_num_threads(n)
     threadpool_limits(limits=n)
+@contextlib.contextmanager
+def exact_float32(enabled: bool = True) -> Iterator[None]:
+    """Within: no TF32 in CUDA matrix products and convolutions (as the reference study's training loop sets),
+    so float32 means float32 on GPUs that would round to TF32; the previous settings are restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -26,19 +26,23 @@ EXAMPLES = """\
   diffmem train --data out/digits64 --out runs/d64c32 --preset digits --channels 32 --batch 128 \\
       --lr 1e-3 --ema-decay 0.999 --kimg 512 --snapshot-kimg 128
   diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic --skip-mask 1,1,1,0,0,0,1,1,1
+  diffmem train --data out/cifar1k --out runs/c1k-ema9 --preset paper-basic --ema-mode final --ema-decay 0.9
   diffmem train --data out/digits64 --out runs/x --preset digits --dry-run   # print the resolved config
   torchrun --nproc_per_node=4 -m diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic
 """
 
 _MODEL_FLAGS = {  # flag → (field, parser, help)
-    "arch": ("arch", str, "backbone family: ddpmpp (box resampling) or ncsnpp (FIR [1,3,3,1])"),
+    "arch": ("arch", str, "backbone family: ddpmpp (box resampling) or ncsnpp (FIR [1,3,3,1], 2C noise channels, "
+                          "residual encoder)"),
     "channels": ("channels", int, "base channel count (width)"),
     "channel-mult": ("channel_mult", "ints", "channel multiplier per resolution level, e.g. 2,2,2"),
     "blocks": ("blocks", int, "residual blocks per resolution (depth)"),
     "attn-resolutions": ("attn_resolutions", "ints", "resolutions with self-attention, e.g. 16 or 'none'"),
     "dropout": ("dropout", float, "dropout probability in the residual blocks"),
     "embedding": ("embedding", str, "time embedding of c_noise: positional or fourier"),
-    "encoder": ("encoder", str, "standard, or residual (NCSN++ progressive input)"),
+    "encoder": ("encoder", str, "standard, or residual (NCSN++ progressive input); default: the arch's"),
+    "channel-mult-noise": ("channel_mult_noise", int, "noise-embedding channels ÷ channels; default: the arch's "
+                                                      "(ddpmpp 1, ncsnpp 2)"),
     "skip-mask": ("skip_mask", "mask", "on/off per encoder→decoder skip, e.g. 1,0,1,1 ('all' = all on); "
                                        "levels×(blocks+1) flags from the input conv down"),
     "precond": ("precond", str, "preconditioning and loss: vp, ve or edm"),
@@ -50,17 +54,25 @@ _TRAIN_FLAGS = {
     "lr": ("lr", float, "Adam learning rate"),
     "betas": ("betas", "floats", "Adam betas, e.g. 0.9,0.999"),
     "warmup-kimg": ("warmup_kimg", float, "linear learning-rate warm-up, in kimg (0 = none)"),
+    "warmup-epochs": ("warmup_epochs", float, "or in epochs, as whole kimg rounded down (reference: 200)"),
     "weight-decay": ("weight_decay", float, "Adam's coupled L2 weight decay (torch.optim.Adam weight_decay, "
                                             "as the reference study used; not AdamW)"),
-    "ema-decay": ("ema_decay", float, "constant per-step EMA decay (0 = no EMA); overrides --ema-halflife-kimg"),
-    "ema-halflife-kimg": ("ema_halflife_kimg", float, "EMA half-life in kimg (EDM style), used without --ema-decay"),
-    "ema-rampup-ratio": ("ema_rampup_ratio", float, "EDM's EMA ramp-up: half-life ≤ ratio × images seen"),
+    "loss-norm": ("loss_norm", str, "an image's loss: sum over its pixels (the reference's) or mean"),
+    "ema-mode": ("ema_mode", str, "constant (--ema-decay), halflife, compensated (the reference's default: "
+                                  "0.5^(512/(h·50,000/|D|)) per step) or final (settles at --ema-decay)"),
+    "ema-decay": ("ema_decay", float, "per-step EMA decay: constant mode's (0 = no EMA), or final mode's last"),
+    "ema-halflife-kimg": ("ema_halflife_kimg", float, "EMA half-life in kimg (half-life modes)"),
+    "ema-halflife-epochs": ("ema_halflife_epochs", float, "or in epochs, as whole kimg rounded down (reference: 10)"),
+    "ema-rampup-ratio": ("ema_rampup_ratio", "optfloat", "EDM's EMA ramp-up: half-life ≤ ratio × images seen "
+                                                         "('none' = off)"),
+    "data-order": ("data_order", str, "fixed (one permutation from the seed, every epoch: the reference's) or "
+                                      "reshuffle (a new one per epoch)"),
     "snapshot-kimg": ("snapshot_kimg", float, "EMA snapshot every this many kimg"),
     "log-kimg": ("log_kimg", float, "stats.jsonl line every this many kimg (default ~100 lines)"),
     "state-kimg": ("state_kimg", float, "resumable state every this many kimg (default: at snapshots)"),
     "P-mean": ("P_mean", float, "EDM loss: mean of ln σ"),
     "P-std": ("P_std", float, "EDM loss: standard deviation of ln σ"),
-    "precision": ("precision", str, "fp32, or bf16 autocast"),
+    "precision": ("precision", str, "fp32 (no TF32 on GPUs, as the reference), or bf16 autocast"),
     "grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
     "seed": ("seed", int, "seed of the initial weights, data order, σ, noise and dropout"),
     "device": ("device", str, "auto, cpu, cuda or cuda:N"),
@@ -91,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _metavar(kind) -> str | None:
-    return {"ints": "N,N,…", "floats": "X,X", "mask": "0/1,…"}.get(kind) if isinstance(kind, str) else None
+    return {"ints": "N,N,…", "floats": "X,X", "mask": "0/1,…", "optfloat": "X|none"}.get(kind) \
+        if isinstance(kind, str) else None
 
 
 def _parse(flag: str, kind, text: str):
@@ -104,6 +117,13 @@ def _parse(flag: str, kind, text: str):
         if not all(p in ("0", "1") for p in parts):
             raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated 0/1 flags such as 1,0,1,1")
         return tuple(p == "1" for p in parts)
+    if kind == "optfloat":
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return float(text)
+        except ValueError as e:
+            raise UsageError(f"--{flag}: {text!r} is not valid; expected a number or 'none'") from e
     try:
         conv = int if kind == "ints" else float
         return tuple(conv(p) for p in text.split(","))
@@ -122,13 +142,25 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
                 changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
     if args.compile:
         changes["train"]["compile"] = True
+    t = changes["train"]
     if args.kimg is not None:
-        changes["train"].update(kimg=args.kimg, epochs=None)
+        t.update(kimg=args.kimg, epochs=None)
     if args.epochs is not None:
-        changes["train"].update(epochs=args.epochs, kimg=None)
-    if "ema_halflife_kimg" in changes["train"] and "ema_decay" not in changes["train"]:
-        changes["train"]["ema_decay"] = None
-    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **changes["train"])
+        t.update(epochs=args.epochs, kimg=None)
+    for a, b in (("warmup_kimg", "warmup_epochs"), ("ema_halflife_kimg", "ema_halflife_epochs")):
+        for given, other in ((a, b), (b, a)):  # one unit given: the preset's other one goes
+            if given in t and other not in t:
+                t[other] = None
+    if "ema_mode" in t:  # a mode given: the preset's fields that mode does not use go
+        if t["ema_mode"] not in ("constant", "final") and "ema_decay" not in t:
+            t["ema_decay"] = None
+        if t["ema_mode"] == "constant":
+            for name in ("ema_halflife_kimg", "ema_halflife_epochs"):
+                t.setdefault(name, None)
+        elif train.ema_halflife_kimg is None and train.ema_halflife_epochs is None and \
+                "ema_halflife_kimg" not in t and "ema_halflife_epochs" not in t:
+            t["ema_halflife_epochs"] = TrainConfig.ema_halflife_epochs  # a half-life the preset lacks: the default
+    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **t)
 
 
 def run(args: argparse.Namespace) -> int:

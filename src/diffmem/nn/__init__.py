@@ -9,10 +9,10 @@ from __future__ import annotations
 from diffmem.config import ModelConfig
 from diffmem.errors import UsageError
 from diffmem.nn.precond import PRECONDITIONERS, Denoiser, EDMPrecond, VEPrecond, VPPrecond, vp_sigma, vp_sigma_inv
-from diffmem.nn.unet import RESAMPLE_TAPS, UNet, num_skips
+from diffmem.nn.unet import ARCH_DEFAULTS, UNet, noise_channels, num_skips, resolved_encoder
 
-__all__ = ["Denoiser", "EDMPrecond", "UNet", "VEPrecond", "VPPrecond", "build_denoiser", "num_skips",
-           "validate_model_config", "vp_sigma", "vp_sigma_inv"]
+__all__ = ["Denoiser", "EDMPrecond", "UNet", "VEPrecond", "VPPrecond", "build_denoiser", "noise_channels",
+           "num_skips", "resolved_encoder", "validate_model_config", "vp_sigma", "vp_sigma_inv"]
 
 
 def _choice(name: str, value: str, options) -> None:
@@ -22,9 +22,13 @@ def _choice(name: str, value: str, options) -> None:
 
 def validate_model_config(cfg: ModelConfig) -> None:
     """Refuse a model config that cannot be built, naming the option and what is expected."""
-    _choice("arch", cfg.arch, RESAMPLE_TAPS)
+    _choice("arch", cfg.arch, ARCH_DEFAULTS)
     _choice("embedding", cfg.embedding, ("positional", "fourier"))
-    _choice("encoder", cfg.encoder, ("standard", "residual"))
+    if cfg.encoder is not None:
+        _choice("encoder", cfg.encoder, ("standard", "residual"))
+    if cfg.channel_mult_noise is not None and cfg.channel_mult_noise < 1:
+        raise UsageError(f"--channel-mult-noise: {cfg.channel_mult_noise} is not valid; expected an integer ≥ 1 "
+                         "(noise-embedding channels ÷ C; default: 1 for ddpmpp, 2 for ncsnpp)")
     _choice("precond", cfg.precond, PRECONDITIONERS)
     if cfg.channels < 4 or cfg.channels % 2:
         raise UsageError(f"--channels: {cfg.channels} is not valid; expected an even number ≥ 4")

@@ -89,7 +89,10 @@ def _read(path: Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dic
 
 def save_denoiser(path: str | os.PathLike, denoiser: torch.nn.Module, cfg: ModelConfig, **meta: Any) -> None:
     """Write ``denoiser``'s weights and ``cfg`` (JSON metadata) to ``path`` atomically."""
-    _write(Path(path), dict(denoiser.state_dict()), {"format": SNAPSHOT_FORMAT, "config": cfg, **meta})
+    from diffmem.nn.unet import NETWORK_LAYOUT
+
+    _write(Path(path), dict(denoiser.state_dict()),
+           {"format": SNAPSHOT_FORMAT, "config": cfg, "network_layout": NETWORK_LAYOUT, **meta})
 
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[float, Path]]:
@@ -125,9 +128,15 @@ def load_denoiser(
 ) -> tuple[torch.nn.Module, ModelConfig]:
     """Rebuild a denoiser (eval mode) from a snapshot file, or from a run dir (final or nearest snapshot)."""
     from diffmem.nn import build_denoiser
+    from diffmem.nn.unet import NETWORK_LAYOUT
 
     file = _resolve(Path(path), snapshot_kimg)
     tensors, meta = _read(file, SNAPSHOT_FORMAT, "denoiser snapshot")
+    layout = meta.get("network_layout", "1")
+    if layout != str(NETWORK_LAYOUT):
+        raise UsageError(f"{file}: network layout {layout} is not valid; expected layout {NETWORK_LAYOUT} (the "
+                         "snapshot was written by an earlier diffmem whose networks compute a different function "
+                         "from the same weights; train it again)")
     try:
         cfg = from_dict(ModelConfig, json.loads(meta["config"]), where=f"{file}: config")
     except (KeyError, ValueError) as e:

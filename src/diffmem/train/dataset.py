@@ -1,7 +1,9 @@
 """The training images as the loop sees them: pixels, labels, the label count, and the data order.
 
-The data order is a stream of per-epoch permutations, each drawn from (seed, epoch), so the images
-of step s are known from s alone: resuming and DDP need no hidden sampler state.
+The data order is a stream of per-epoch permutations, so the images of step s are known from s alone:
+resuming and DDP need no hidden sampler state. ``fixed`` (the reference study's order: its sampler
+with a window of 0) repeats one permutation, NumPy's ``RandomState(seed).permutation(N)``, every epoch;
+``reshuffle`` draws each epoch's from (seed, epoch).
 """
 
 from __future__ import annotations
@@ -62,15 +64,22 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+DATA_ORDERS = ("fixed", "reshuffle")
+
+
 class DataOrder:
     """Global indices of training step ``s``: positions s·B … (s+1)·B − 1 of the epoch-permutation stream."""
 
-    def __init__(self, n: int, batch: int, seed: int) -> None:
-        self.n, self.batch, self.seed = n, batch, seed
+    def __init__(self, n: int, batch: int, seed: int, order: str) -> None:
+        self.n, self.batch, self.seed, self.order = n, batch, seed, order
         self._perms: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The order of epoch ``epoch``, drawn from (seed, epoch)."""
+        """The order of epoch ``epoch``: drawn from (seed, epoch), or the seed's one fixed permutation."""
+        if self.order == "fixed":
+            if not self._perms:
+                self._perms[0] = np.random.RandomState(self.seed).permutation(self.n)
+            return self._perms[0]
         if epoch not in self._perms:
             if len(self._perms) > 4:
                 self._perms.pop(min(self._perms))

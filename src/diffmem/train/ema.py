@@ -1,4 +1,18 @@
-"""Exponential moving average of the weights: a constant per-step decay, or EDM's half-life with ramp-up."""
+"""Exponential moving average of the weights: the per-step decay β of each EMA mode, and the updater.
+
+Modes (``train.ema_mode``; the reference study's training script names them mode1 … mode4):
+
+- ``constant``: β = ``ema_decay`` every step (0 = the EMA is the raw weights). diffmem's own.
+- ``halflife`` (mode1; mode3 with a 500 kimg half-life and no ramp-up): β = 0.5^(B / h).
+- ``compensated`` (mode2, the reference's default): β = 0.5^(512 / (h·ρ)), ρ = 50,000 / |D|. With the
+  default half-life of 10 epochs, h·ρ = 500,000 images for every |D| (a multiple of 100) and β settles at
+  0.5^(512 / 500,000) ≈ 0.99929 whatever the batch.
+- ``final`` (mode4): β = ``ema_decay`` / 0.5^(B / 500,000) · 0.5^(B / (h·ρ)), which settles at ``ema_decay``
+  (the per-step decay the study's EMA table varies).
+
+h is the half-life in images, ramped up as min(h, ``ema_rampup_ratio`` · images seen before the step)
+(EDM paper 2022, Appendix F), so the first step has β = 0. B is the batch.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +21,38 @@ import copy
 import torch
 
 from diffmem.config import TrainConfig
+from diffmem.train.schedule import epochs_to_nimg
+
+EMA_MODES = ("constant", "halflife", "compensated", "final")
+HALFLIFE_MODES = ("halflife", "compensated", "final")
+REFERENCE_SIZE = 50_000  # |D| at which the reference's schedules are stated (CIFAR-10's training set)
+REFERENCE_BATCH = 512  # the literal batch of the compensated mode
+FINAL_HALFLIFE_NIMG = 500_000  # half-life whose per-step decay the final mode divides out
 
 
-def ema_beta(train: TrainConfig, nimg: int, batch: int) -> float:
-    """The decay β applied after a step that ends at ``nimg`` images (0 = EMA equals the raw weights).
+def ema_halflife_nimg(train: TrainConfig, n_images: int) -> float:
+    """The EMA half-life before ramp-up, in images (``ema_halflife_kimg``, or ``ema_halflife_epochs`` as whole kimg)."""
+    if train.ema_halflife_kimg is not None:
+        return train.ema_halflife_kimg * 1000
+    return float(epochs_to_nimg(train.ema_halflife_epochs or 0.0, n_images))
 
-    Constant: β = ``ema_decay``. Half-life (EDM): h = min(halflife, ramp·nimg) images, β = 0.5^(batch / h).
-    """
-    if train.ema_decay is not None:
-        return float(train.ema_decay)
-    if train.ema_halflife_kimg is None:
-        return 0.0
-    h = train.ema_halflife_kimg * 1000
+
+def ema_beta(train: TrainConfig, nimg: int, batch: int, n_images: int) -> float:
+    """The decay β of the EMA update after the step that starts after ``nimg`` images (see the module doc)."""
+    if train.ema_mode == "constant":
+        return float(train.ema_decay or 0.0)
+    h = ema_halflife_nimg(train, n_images)
     if train.ema_rampup_ratio is not None:
         h = min(h, nimg * train.ema_rampup_ratio)
-    return 0.5 ** (batch / max(h, 1e-8))
+    h = max(h, 1e-8)
+    if train.ema_mode == "halflife":
+        return 0.5 ** (batch / h)
+    rho = REFERENCE_SIZE / n_images  # the data ratio
+    if train.ema_mode == "compensated":
+        return 0.5 ** (REFERENCE_BATCH / h / rho)
+    if train.ema_mode == "final":
+        return train.ema_decay / 0.5 ** (batch / FINAL_HALFLIFE_NIMG) * 0.5 ** (batch / h / rho)
+    raise ValueError(f"ema_mode {train.ema_mode!r}")
 
 
 def make_ema(model: torch.nn.Module) -> torch.nn.Module:
@@ -51,4 +82,3 @@ class EMAUpdater:
             torch._foreach_copy_(self.ema_params, mixed)
         for be, bm in zip(self.ema_buffers, self.model_buffers):
             be.copy_(bm)
-

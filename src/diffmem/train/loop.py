@@ -20,7 +20,7 @@ import torch
 
 from diffmem import artefacts
 from diffmem.config import ModelConfig, TrainConfig
-from diffmem.devices import resolve_device
+from diffmem.devices import exact_float32, resolve_device
 from diffmem.errors import RunError, UsageError
 from diffmem.io import to_model_scale
 from diffmem.nn import build_denoiser, validate_model_config
@@ -38,6 +38,7 @@ from diffmem.train.checkpoints import (
 from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 from diffmem.train.losses import per_sample_loss, sample_sigma
+from diffmem.train.schedule import learning_rate, validate_schedules
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,13 @@ def validate_train_config(t: TrainConfig, n_images: int) -> None:
                          f"{per_rank} images per process (batch {t.batch} / {size} processes)")
     if not (math.isfinite(t.lr) and t.lr > 0):
         raise UsageError(f"--lr: {t.lr} is not valid; expected a positive, finite learning rate")
-    if t.ema_decay is not None and not 0 <= t.ema_decay < 1:
-        raise UsageError(f"--ema-decay: {t.ema_decay} is not valid; expected a decay in [0, 1) (0 = no EMA)")
     if t.precision not in ("fp32", "bf16"):
         raise UsageError(f"--precision: {t.precision!r} is not valid; expected fp32 or bf16")
-    for name in ("snapshot_kimg", "log_kimg", "state_kimg", "ema_halflife_kimg"):
+    for name in ("snapshot_kimg", "log_kimg", "state_kimg"):
         v = getattr(t, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')}: {v} is not valid; expected a positive number of kimg")
+    validate_schedules(t, n_images)
 
 
 def run_identity(resolved: dict) -> str:
@@ -164,7 +164,8 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     # training seeds torch's global generators (initial weights, dropout); the caller's states are restored
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            exact_float32(train.precision == "fp32"):  # no TF32, as the reference
         return _train(data, run, model, train, device, progress, stop_after_steps)
 
 
@@ -207,7 +208,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
 
     images = torch.as_tensor(td.images).to(device)
     labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
-    order = DataOrder(N, B, train.seed)
+    order = DataOrder(N, B, train.seed, train.data_order)
     log_kimg = train.log_kimg or max(B, total_steps * B // 100) / 1000
     bar = None
     if progress and rank == 0:
@@ -235,9 +236,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
         sigma, noise = sample_sigma(model, train, u[sl], z[sl]), noise[sl]
         torch.manual_seed(derive_seed(train.seed, _DROPOUT, step, rank))
-        # linear lr warm-up over warmup_kimg
-        warm = train.warmup_kimg * 1000
-        lr = train.lr * (min(1.0, (nimg + B) / warm) if warm > 0 else 1.0)
+        lr = learning_rate(train, nimg, N)  # linear warm-up, on the images seen before this step
         for group in opt.param_groups:
             group["lr"] = lr
 
@@ -250,7 +249,8 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
             sync = k + micro >= per_rank
             with _no_sync(ddp) if distributed and not sync else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
-                    loss = per_sample_loss(ddp, y, sigma[k:k + micro], noise[k:k + micro], lab, model)
+                    loss = per_sample_loss(ddp, y, sigma[k:k + micro], noise[k:k + micro], lab, model,
+                                           train.loss_norm)
                 loss = loss.sum() / per_rank
                 loss.backward()
             loss_sum += loss.detach()
@@ -261,9 +261,9 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         if train.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), train.grad_clip)
         opt.step()
+        ema_update(ema_beta(train, nimg, B, N))  # β from the images seen before this step, as the reference
         step += 1
         nimg += B
-        ema_update(ema_beta(train, nimg, B))
         log_loss, log_steps = log_loss + loss_value, log_steps + 1
         if bar is not None:
             bar.update(1)

@@ -1,7 +1,9 @@
 """Training losses of VP, VE and EDM (EDM paper 2022, Table 1): σ distribution and weight λ(σ).
 
-Each loss is E_{σ, y, n} λ(σ) ‖D(y + σn; σ) − y‖², averaged here over pixels (so numbers are
-comparable across resolutions) and summed over the batch by the caller.
+Each loss is E_{σ, y, n} λ(σ) ‖D(y + σn; σ) − y‖². Per image it is summed over the pixels (``sum``,
+as the reference study's code does, so that Adam's ε and the coupled L2 weight decay mean what they
+mean there) or averaged over them (``mean``: numbers comparable across resolutions, and a weight
+decay C·H·W times stronger); the caller averages over the batch.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import torch
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.nn.precond import vp_sigma
 
+LOSS_NORMS = ("sum", "mean")  # over the pixels of an image
+
 
 def sample_sigma(model: ModelConfig, train: TrainConfig, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Training σ from uniform draws ``u`` ~ U(0, 1) and normal draws ``z`` ~ N(0, 1) (float64).
 
-    EDM: ln σ ~ N(P_mean, P_std²); VP: σ = σ(t), t ~ U(ε_t, 1); VE: ln σ ~ U(ln σ_min, ln σ_max).
+    EDM: ln σ = P_mean + P_std·z; VP: σ = σ(t), t = 1 − (1 − ε_t)·u ~ U(ε_t, 1); VE: ln σ = ln σ_min +
+    u·(ln σ_max − ln σ_min). The same draws give the same σ as the reference study's code.
     """
     if model.precond == "edm":
         return torch.exp(train.P_mean + train.P_std * z)
     if model.precond == "vp":
-        t = model.vp_epsilon_t + (1 - model.vp_epsilon_t) * u
+        t = 1 - (1 - model.vp_epsilon_t) * u
         return vp_sigma(t, model.vp_beta_d, model.vp_beta_min)
     if model.precond == "ve":
         lo, hi = math.log(model.ve_sigma_min), math.log(model.ve_sigma_max)
@@ -45,9 +50,11 @@ def per_sample_loss(
     n: torch.Tensor,  # unit normal noise shaped like y
     labels: torch.Tensor | None,
     model: ModelConfig,
+    norm: str = "sum",  # over the pixels of an image: sum (the reference study's) | mean
 ) -> torch.Tensor:
-    """λ(σ)·mean_pixels (D(y + σn; σ) − y)², one value per sample (float32)."""
+    """λ(σ)·Σ_pixels (D(y + σn; σ) − y)² (or the mean over pixels), one value per sample (float32)."""
     s = sigma.to(y.dtype).reshape(-1, 1, 1, 1)
     D = denoiser(y + s * n, sigma.to(y.dtype), labels)
     w = loss_weight(model, sigma).to(torch.float32)
-    return w * (D.float() - y.float()).square().mean(dim=(1, 2, 3))
+    sq = (D.float() - y.float()).square()
+    return w * (sq.sum(dim=(1, 2, 3)) if norm == "sum" else sq.mean(dim=(1, 2, 3)))
