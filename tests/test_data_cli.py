@@ -11,7 +11,7 @@ from diffmem.artefacts import array_hash, is_complete, read_manifest
 from diffmem.cli import main
 from diffmem.config import DataConfig
 from diffmem.data import build_dataset, load_dataset, make_dataset
-from diffmem.data.sources import load_digits
+from diffmem.data.digits import load_digits
 from diffmem.errors import UsageError
 from test_data_sources import exec_payload, write_cifar_binary, write_cifar_python, write_edm_zip
 

@@ -28,7 +28,8 @@ from diffmem.artefacts import array_hash, atomic_dir, is_complete, read_manifest
 from diffmem.config import DataConfig
 from diffmem.data.duplicates import duplicate_report
 from diffmem.data.resize import RESAMPLE_FILTERS, downsample
-from diffmem.data.sources import Source, load_source
+from diffmem.data.source import Source
+from diffmem.data.sources import load_source
 from diffmem.data.subsets import assign_labels, priority_order
 from diffmem.errors import UsageError
 from diffmem.io import ImageSet, load_images, load_npz, names_array, save_image_set

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from diffmem.data.sources import Source
+from diffmem.data.source import Source
 from diffmem.errors import UsageError
 
 SHAPE_NAMES = ("disk", "square", "triangle", "cross", "ring", "diamond", "bar", "halfdisk", "frame", "dots")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.data.sources import Source, reason, relabel
-from diffmem.errors import UsageError
+from diffmem.artefacts import file_hash
+from diffmem.data.source import Source, relabel
+from diffmem.errors import UsageError, reason
 from diffmem.io import (
     IMAGE_SUFFIXES,
     SHAPE_HINT,
@@ -114,8 +115,6 @@ def read_zip_images(path: Path, what: str, convert: Convert | None = None,
 
 def load_zip(path: Path, option: str, spec: str) -> Source:
     """Every image member of the zip (natural order of names) with the labels of ``dataset.json``."""
-    from diffmem.artefacts import file_hash
-
     images, names, raw = read_zip_images(path, f"{option}: {spec!r}")
     labels, class_names = None, ()
     if raw is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, to_jsonable, write_manifest
 from diffmem.config import EMMConfig, to_dict
+from diffmem.data.sources import absolute_spec
 from diffmem.errors import UsageError
 from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
@@ -41,7 +42,6 @@ from diffmem.sweep.table import write_table
 
 log = logging.getLogger(__name__)
 EMM_STAGE = "emm"
-PATH_SOURCES = ("cifar10", "zip", "folder", "npz")  # data sources whose argument is a path
 
 
 @dataclass
@@ -135,8 +135,8 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
     if synthetic is not None:
         c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic)}
         return JobSpec("synthetic", size, repeat, c if kimg is None else {**c, "kimg": kimg})
-    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=_absolute(cfg.data.source),
-                               mix=_absolute(cfg.data.mix) if cfg.data.mix else None)
+    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=absolute_spec(cfg.data.source),
+                               mix=absolute_spec(cfg.data.mix) if cfg.data.mix else None)
     train = dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
     if kimg is not None:
         train = dataclasses.replace(train, kimg=kimg)
@@ -145,14 +145,6 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
         "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
         "optimal": bool(cfg.optimal and repeat == 0), **({"heldout": cfg.heldout} if cfg.heldout > 0 else {}),
     })
-
-
-def _absolute(source: str) -> str:
-    """``kind:PATH`` with PATH made absolute, so jobs run from any working directory (Ray workers)."""
-    kind, sep, rest = source.partition(":")
-    if sep and kind in PATH_SOURCES and rest and not Path(rest).is_absolute():
-        return f"{kind}:{Path(rest).resolve()}"
-    return source
 
 
 def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
