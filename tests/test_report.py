@@ -86,3 +86,18 @@ def test_ratio_study_report_has_ratio_against_factor(tmp_path):
         cells = [f"{p['ratio']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" for p in v["points"]]
         label = "uncond" if v["factors"]["conditioning"]["data.labels"] == "none" else "unique"
         assert f"| {label} | {cells[0]} | {cells[1]} |" in md
+
+
+def test_every_figure_is_drawn_on_agg_and_written_whole(tmp_path):
+    from diffmem.plotting import pyplot, save_png
+
+    plt = pyplot()
+    assert plt.get_backend().lower() == "agg"
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    n_open = len(plt.get_fignums())
+    path = save_png(fig, tmp_path / "f.png")
+    assert len(plt.get_fignums()) == n_open - 1  # closed once written
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (400, 300)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary left beside it

@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, Agg backend), in the style of the reference study."""
+"""The report's figures (matplotlib through :mod:`diffmem.plotting`), in the style of the reference study."""
 
 from __future__ import annotations
 
@@ -6,26 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+from diffmem.plotting import pyplot, save_png
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    from diffmem.artefacts import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    _pyplot().close(fig)
-    return path
+    """A report figure: 110 dpi, cropped to what is drawn."""
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _optimum_label(label: str | None) -> str:
@@ -38,7 +24,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
     Each curve: ``label``, ``points`` (size, ratio, ci), ``emm``, ``ci`` (interval of the EMM) and
     optionally ``optimal`` ({size: ratio}, drawn dashed as the theoretical reference).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, c in enumerate(curves):
@@ -73,7 +59,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
 
 def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Path, title: str = "") -> Path:
     """Memorization ratio against training progress (kimg), one line per size (and repeat)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     runs: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for r in rows:
@@ -101,7 +87,7 @@ def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Pa
 def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: str, path: Path,
                     title: str = "") -> Path:
     """Memorization ratio against the factor's value (categorical axis), one series per fixed size."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels = [v["label"] for v in values]
     sizes = sorted({p["size"] for v in values for p in v["points"]})
@@ -132,7 +118,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
 
 def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> Path:
     """EMM against the factor's value with its interval (bracket shown where there is no estimate)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     labels = [v["label"] for v in values]
     xs = list(range(len(values)))

@@ -9,12 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmem.report.figures import _pyplot, _save
+from diffmem.plotting import pyplot
+from diffmem.report.figures import _save
 
 
 def _log(ax, which: str) -> None:
     """A log axis labelled in plain numbers at 1, 2 and 5 × 10^k (no crowded minor labels)."""
-    from matplotlib import ticker
+    from matplotlib import ticker  # matplotlib loads on the first figure (see diffmem.plotting)
 
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
@@ -27,7 +28,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
     """Left: EMM against the budget (kimg), log–log: the EMM with its 95 % interval, the bracket as a band, the
     fitted law (dashed, bootstrap band) beyond the budgets trained, the hold-out prediction for the final
     budget. Right: the budget in images seen per training image at the EMM, T·1000 / EMM(T), against T."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     est = [b for b in front if b["emm"] is not None]
     T = [b["kimg"] for b in est]
@@ -99,7 +100,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
 def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
     """τ_mem against |D| on log–log axes: interpolated onsets with the snapshots that bound them, censored
     sizes as triangles, the fitted line with its bootstrap band, and the linear law (α = 1) for reference."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ons = law.get("onsets") or []
     inner = [o for o in ons if o["kimg"] is not None]
