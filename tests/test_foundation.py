@@ -49,6 +49,43 @@ def test_a_refused_write_is_a_run_error_and_leaves_nothing(tmp_path, monkeypatch
     assert json.loads((tmp_path / "m.json").read_text()) == {"old": 1}
 
 
+def test_out_directory_rule(tmp_path):
+    """The one check of an --out directory that every stage uses: new or empty, or refused in one line."""
+    check = artefacts.check_new_dir
+    assert check(tmp_path / "new") == tmp_path / "new" and not (tmp_path / "new").exists()  # checks, creates nothing
+    (tmp_path / "empty").mkdir()
+    check(tmp_path / "empty")
+    (tmp_path / "resumable").mkdir()
+    (tmp_path / "resumable" / ".lock").write_text("")
+    check(tmp_path / "resumable", keep=(".lock",))
+    with pytest.raises(UsageError, match=r"^--out: '.*resumable' is not valid; expected a new or empty directory "
+                                         r"\(it holds 1 entry: .lock\)$"):
+        check(tmp_path / "resumable")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"^--o: '.*file' is not valid; expected X \(it is a file\)$"):
+        check(tmp_path / "file", "--o", expected="X")
+    artefacts.write_manifest(tmp_path / "art", "dataset", {})
+    with pytest.raises(UsageError, match=r"\(it holds a 'dataset' artefact\)$"):
+        check(tmp_path / "art")
+    for name in "abcde":
+        (tmp_path / "many" / name).mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"\(it holds 5 entries: a, b, c, …\)$"):
+        check(tmp_path / "many")
+    # below a regular file the directory cannot be created: a failure (exit 1) naming the file, before any work
+    with pytest.raises(RunError, match=r"^--out: cannot create '.*file/a/b': '.*file' is a file, not a directory$"):
+        check(tmp_path / "file" / "a" / "b")
+    with pytest.raises(RunError, match="is a file, not a directory"):
+        artefacts.check_new_file(tmp_path / "file" / "x.npz")
+    with pytest.raises(UsageError, match=r"expected a file name \(it is a directory\)$"):
+        artefacts.check_new_file(tmp_path / "empty")
+    assert artefacts.check_new_file(tmp_path / "file") == tmp_path / "file"  # an existing file is replaced
+    with pytest.raises(UsageError, match="it holds 1 entry: x"):  # atomic_dir applies the same rule
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "x").write_text("")
+        with artefacts.atomic_dir(tmp_path / "full"):
+            pass
+
+
 def test_manifest_and_completeness(tmp_path):
     cfg = config.DataConfig(size=64)
     assert not artefacts.is_complete(tmp_path, "dataset", cfg)

@@ -74,7 +74,8 @@ def test_a_directory_of_another_config_is_refused(tmp_path):
         run_emm(other, tmp_path / "e", synthetic=CURVE)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "stray.txt").write_text("x")
-    with pytest.raises(UsageError, match="not an EMM directory"):
+    with pytest.raises(UsageError, match=r"expected a new directory, or an EMM directory to resume \(it holds 1 "
+                                         r"entry: stray.txt\)"):
         run_emm(CFG, tmp_path / "x", synthetic=CURVE)
 
 

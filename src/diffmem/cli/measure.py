@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from diffmem.artefacts import check_new_dir
 from diffmem.cli.common import parse_fraction, print_json
 from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
@@ -177,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--heldout: the held-out baseline is measured in pixels only; expected --features pixels "
                          "(or measure the held-out images as --samples in a second run)")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
+    if out is not None:
+        check_new_dir(out)
     ref = copying = heldout = None
     if space is None:
         samples = _load(args.samples, "--samples", conv)

@@ -9,13 +9,15 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from diffmem.artefacts import check_new_dir, check_new_file
 from diffmem.cli.common import print_json
 from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options, sample_diffusers
 from diffmem.config import SampleConfig
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +123,13 @@ def _trained(args: argparse.Namespace, cfg: SampleConfig):
 
 def _out_is_dir(out: str) -> bool:
     """``--out``: a ``.npz`` file, or a new (or empty) directory; anything else is refused before sampling."""
-    from pathlib import Path
-
     p = Path(out)
     if out.endswith(".npz") and not p.is_dir():
+        check_new_file(p, expected="a file name ending in .npz")
         return False
     if not (out.endswith(("/", os.sep)) or p.is_dir() or p.suffix == ""):
-        raise UsageError(f"--out: {out!r} is not valid; expected a file name ending in .npz, or a directory "
-                         "(DIR/) for one PNG per sample")
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
-        raise UsageError(f"--out: {out!r} exists and is not an empty directory; choose a new directory")
+        raise bad("--out", out, "a file name ending in .npz, or a directory (DIR/) for one PNG per sample")
+    check_new_dir(p, expected="a new or empty directory for one PNG per sample")
     return True
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from diffmem.artefacts import array_hash, atomic_dir, is_complete, read_manifest, write_manifest
+from diffmem.artefacts import array_hash, atomic_dir, check_new_dir, is_complete, read_manifest, write_manifest
 from diffmem.config import DataConfig
 from diffmem.data.duplicates import duplicate_report
 from diffmem.data.resize import RESAMPLE_FILTERS, downsample
@@ -269,10 +269,7 @@ def build_dataset(cfg: DataConfig, out: str | Path, *, progress: bool = False) -
     if is_complete(out, STAGE, cfg) and (out / "dataset.npz").is_file():
         log.info("%s: reusing the complete dataset artefact", out)
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        m = read_manifest(out) if out.is_dir() else None
-        held = f"a {m.get('stage')} artefact of another config" if m else "other files"
-        raise UsageError(f"--out: {str(out)!r} already holds {held}; choose a new directory")
+    check_new_dir(out, expected="a new directory, or one holding the dataset artefact of this config")
     built = make_dataset(cfg, progress=progress)
     with atomic_dir(out, overwrite=True) as tmp:
         s = ImageSet(images=built.images, labels=built.labels, source_ids=built.source_ids, names=built.names)

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, to_jsonable, write_manifest
+from diffmem.artefacts import (
+    atomic_write_json,
+    check_new_dir,
+    config_hash,
+    dir_lock,
+    read_manifest,
+    to_jsonable,
+    write_manifest,
+)
 from diffmem.config import EMMConfig, to_dict
 from diffmem.data.sources import absolute_spec
 from diffmem.errors import UsageError
@@ -161,8 +169,8 @@ def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> d
     if m is not None and m.get("config_hash") != config_hash(ident):
         raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
                          "choose a new directory or rerun with the same config to resume")
-    if m is None and out.exists() and any(p.name not in ("jobs", ".lock") for p in out.iterdir()):
-        raise UsageError(f"--out: {str(out)!r} exists and is not an EMM directory; choose a new directory")
+    if m is None:
+        check_new_dir(out, keep=("jobs", ".lock"), expected="a new directory, or an EMM directory to resume")
     return ident
 
 

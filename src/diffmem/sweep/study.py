@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, write_manifest
+from diffmem.artefacts import atomic_write_json, check_new_dir, config_hash, dir_lock, read_manifest, write_manifest
 from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
 from diffmem.errors import UsageError
 from diffmem.sweep.backends import Backend, LocalBackend
@@ -129,8 +129,8 @@ def run_study(
     if m is not None and m.get("config_hash") != config_hash(ident):
         raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
                          "choose a new directory or rerun with the same config to resume")
-    if m is None and out.exists() and any(p.name not in ("jobs", "values", ".lock") for p in out.iterdir()):
-        raise UsageError(f"--out: {str(out)!r} exists and is not a study directory; choose a new directory")
+    if m is None:
+        check_new_dir(out, keep=("jobs", "values", ".lock"), expected="a new directory, or a study directory to resume")
     backend = backend or LocalBackend()
     with dir_lock(out):
         atomic_write_json(out / "config.json", to_dict(cfg))
