@@ -84,7 +84,7 @@ def test_sample_run_checkpoint_is_batch_invariant(tmp_path):
     (["--n", "0"], "--n: 0 is not valid"),
     (["--n", "2", "--steps", "0"], "--steps: 0 is not valid"),
     (["--n", "2", "--churn", "-1"], "--churn: -1.0 is not valid"),
-    (["--n", "2", "--label", "1"], "--label: 1 is not valid; expected no --label"),
+    (["--n", "2", "--label", "1"], "--label: 1 is not valid; expected no --label (the denoiser is unconditional)"),
     (["--n", "2", "--snapshot", "5"], "--snapshot: 5 given without --run"),
     (["--n", "2", "--seed", "-3"], "--seed: -3 is not valid"),
 ])

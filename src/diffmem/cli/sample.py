@@ -96,7 +96,7 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     from diffmem.data import load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser
-    from diffmem.sample.generate import present_classes
+    from diffmem.sample.labels import present_classes
 
     train, classes = load_dataset(args.optimal)
     if args.unconditional:
@@ -136,6 +136,7 @@ def _out_is_dir(out: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from diffmem.io import sample_file_name, save_image_folder, save_image_set
     from diffmem.sample import generate
+    from diffmem.sample.labels import check_label
 
     cfg = _config(args)
     if args.n < 1:
@@ -168,9 +169,7 @@ def run(args: argparse.Namespace) -> int:
                          "dtype")
     denoiser, what, classes = _optimal(args, cfg) if args.optimal is not None else (*_trained(args, cfg), None)
     label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
-    if args.label is not None and not 0 <= args.label < label_dim:
-        expected = f"0..{label_dim - 1}" if label_dim else "no --label (the denoiser is unconditional)"
-        raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
+    check_label(args.label, label_dim, "--label")
 
     t0 = time.perf_counter()
     if args.label is not None and classes is not None and args.label not in classes:

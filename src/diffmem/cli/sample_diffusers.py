@@ -45,14 +45,17 @@ def check_options(args: argparse.Namespace) -> None:
 
 def sample_diffusers(args: argparse.Namespace) -> tuple[ImageSet, Any, dict[str, Any], list[str]]:
     """Load, sample and describe: (samples, the sampler settings, the JSON summary's fields, the terminal lines)."""
-    from diffmem.sample.diffusers import DiffusersConfig, generate_diffusers, load_diffusers_model
+    from diffmem.sample.diffusers import (  # torch and the [diffusers] extra: only when sampling
+        DiffusersConfig,
+        generate_diffusers,
+        load_diffusers_model,
+    )
+    from diffmem.sample.labels import check_label
 
     cfg = DiffusersConfig(scheduler=args.scheduler or "saved", steps=args.steps or DEFAULT_STEPS,
                           eta=args.eta or 0.0, batch=args.batch, device=args.device, dtype=args.dtype or "float32")
     model = load_diffusers_model(args.diffusers, cfg.scheduler, cfg.device, cfg.dtype)
-    if args.label is not None and not 0 <= args.label < model.label_dim:
-        expected = f"0..{model.label_dim - 1}" if model.label_dim else "no --label (the model is unconditional)"
-        raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
+    check_label(args.label, model.label_dim, "--label")
     t0 = time.perf_counter()
     samples = generate_diffusers(model, args.n, args.seed, cfg, labels=args.label, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0

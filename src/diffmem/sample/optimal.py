@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from diffmem.errors import UsageError
+from diffmem.sample.labels import as_labels
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,7 @@ class OptimalDenoiser(torch.nn.Module):
             if labels is None:
                 raise UsageError(f"labels: none given for a conditional optimum (label_dim={self.label_dim}); "
                                  "expected one label per training image")
-            lab = torch.as_tensor(np.asarray(labels)).to(torch.int64).reshape(-1)
-            if lab.shape[0] != n:
-                raise UsageError(f"labels: {lab.shape[0]} labels for {n} images; expected one per image")
-            if int(lab.min()) < 0 or int(lab.max()) >= self.label_dim:
-                raise UsageError(f"labels: values in [{int(lab.min())}, {int(lab.max())}] are not valid; "
-                                 f"expected 0..{self.label_dim - 1} (label_dim={self.label_dim})")
+            lab = as_labels(labels, n, self.label_dim, per="image")
             order = torch.argsort(lab, stable=True)
             counts = torch.bincount(lab, minlength=self.label_dim)
         self.offsets = [0, *torch.cumsum(counts, 0).tolist()]
@@ -162,13 +158,8 @@ class OptimalDenoiser(torch.nn.Module):
             if labels is None:
                 raise UsageError(f"labels: none given to a conditional optimum (label_dim={self.label_dim}); "
                                  "expected one label per sample")
-            lab = torch.as_tensor(labels).to(device=dev, dtype=torch.int64).reshape(-1)
-            if lab.shape[0] != b:
-                raise UsageError(f"labels: {lab.shape[0]} labels for {b} samples; expected one per sample")
+            lab = as_labels(labels, b, self.label_dim, device=dev)
             counts = torch.tensor(self.class_counts, device=dev)
-            if int(lab.min()) < 0 or int(lab.max()) >= self.label_dim:
-                raise UsageError(f"labels: values in [{int(lab.min())}, {int(lab.max())}] are not valid; "
-                                 f"expected 0..{self.label_dim - 1} (label_dim={self.label_dim})")
             empty = (counts[lab] == 0).nonzero()
             if len(empty):
                 raise UsageError(f"labels: class {int(lab[empty[0, 0]])} has no training images (label_dim="

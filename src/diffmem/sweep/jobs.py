@@ -205,7 +205,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.data import build_dataset, load_dataset
     from diffmem.devices import resolve_device
     from diffmem.sample import OptimalDenoiser, generate
-    from diffmem.sample.generate import present_classes
+    from diffmem.sample.labels import present_classes
     from diffmem.sweep.lineage import start_from_shorter
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
