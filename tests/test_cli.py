@@ -231,17 +231,15 @@ def test_threads_with_the_ray_backend_is_refused_before_any_work(tmp_path, resto
 @pytest.mark.parametrize("hide", [False, True])
 def test_no_progress_hides_the_bars_that_a_terminal_shows(command, hide, tmp_path, monkeypatch, capsys):
     """With stderr a terminal the long stages draw a bar there; --no-progress draws none. stdout never gets one."""
-    from diffmem.sweep import study as study_mod
+    import diffmem.cli.study
+    from diffmem.sweep.study import run_study
     from diffmem.sweep.synthetic import SyntheticCurve
 
-    real_run_study = study_mod.run_study
-
     def synthetic_study(cfg, out, **kw):  # the real command line, known curves instead of trainings
-        return real_run_study(cfg, out, synthetic={"model.channels=8": SyntheticCurve(emm=100.0, noise=False),
-                                                    "model.channels=16": SyntheticCurve(emm=200.0, noise=False)},
-                              **kw)
+        return run_study(cfg, out, synthetic={"model.channels=8": SyntheticCurve(emm=100.0, noise=False),
+                                               "model.channels=16": SyntheticCurve(emm=200.0, noise=False)}, **kw)
 
-    monkeypatch.setattr(study_mod, "run_study", synthetic_study)
+    monkeypatch.setattr(diffmem.cli.study, "run_study", synthetic_study)
     data = tmp_path / "d.npz"
     np.savez(data, images=np.random.default_rng(0).integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
     argv = {

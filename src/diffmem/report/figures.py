@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffmem.fmt import pct
 from diffmem.plotting import pyplot, save_png
 
 
@@ -45,7 +46,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
             ax.plot(xs, [opt[str(s)] if str(s) in opt else opt[s] for s in xs], ls="--", marker="x", ms=4,
                     color=color, alpha=0.6, label=_optimum_label(c.get("label")))
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
-    ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    ax.text(0.01, threshold, f"{pct(threshold)}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training-set size |D| (log scale)")
     ax.set_ylabel("memorization ratio (fraction of samples)")
@@ -103,7 +104,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
                     hi.append(p["ci"][1] - p["ratio"])
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, ls="", label=f"|D| = {size:,}")
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
-    ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    ax.text(0.01, threshold, f"{pct(threshold)}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xticks(range(len(values)), labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0,
                   fontsize=8)
     ax.set_xlabel(factor)
@@ -116,7 +117,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
     return _save(fig, path)
 
 
-def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> Path:
+def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path, *, confidence: float) -> Path:
     """EMM against the factor's value with its interval (bracket shown where there is no estimate)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -135,5 +136,5 @@ def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> 
     ax.set_xlabel(factor)
     ax.set_ylabel("EMM (training images; log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.set_title("EMM (dot, 95 % interval) and bracket (bar) per factor value", fontsize=10)
+    ax.set_title(f"EMM (dot, {pct(confidence)} interval) and bracket (bar) per factor value", fontsize=10)
     return _save(fig, path)

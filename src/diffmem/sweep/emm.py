@@ -103,7 +103,8 @@ class EMMResult:
         d = self.summary()
         d.update(self._frontier(points=True))
         d.update({
-            "threshold": self.threshold, "epsilon": self.config.epsilon, "flagged": self.flagged,
+            "threshold": self.threshold, "epsilon": self.config.epsilon, "confidence": self.config.measure.confidence,
+            "flagged": self.flagged,
             "below_range": self.estimate.below_range, "above_range": self.estimate.above_range,
             "n_trained_now": self.n_trained_now,
             "points_detail": [{"size": p.size, "ratio": p.ratio, "ci": list(p.ci), "n_memorized": p.n_memorized,
@@ -141,7 +142,8 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
     """The resolved, content-addressed job for one size and repeat of ``cfg`` (``kimg``: a run of that
     length instead of ``cfg.train``'s, as the frontier search asks for)."""
     if synthetic is not None:
-        c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic)}
+        c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic),
+             "confidence": cfg.measure.confidence}
         return JobSpec("synthetic", size, repeat, c if kimg is None else {**c, "kimg": kimg})
     data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=absolute_spec(cfg.data.source),
                                mix=absolute_spec(cfg.data.mix) if cfg.data.mix else None)
@@ -233,9 +235,10 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
         if on_job:
             on_job(spec, reused)
 
+    confidence = cfg.measure.confidence  # the level of every interval the search reports
     try:
         while True:
-            ratios = {s: pool(s, list(r.values())).ratio for s, r in runs.items()}
+            ratios = {s: pool(s, list(r.values()), confidence).ratio for s, r in runs.items()}
             if cfg.frontier:
                 todo = next_runs(_rows_of(longest, rows_by_job), budgets, size_min=cfg.size_min,
                                  size_max=cfg.size_max, threshold=threshold, grid_factor=cfg.grid_factor,
@@ -271,19 +274,19 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
 
     if cfg.frontier:  # the longest run of each size and repeat holds every snapshot of its shorter ones
         all_rows = _rows_of(longest, rows_by_job)
-        front = frontier(all_rows, threshold, budgets=budgets)
+        front = frontier(all_rows, threshold, confidence, budgets=budgets)
         points, est = list(front[-1].points), front[-1].estimate
     else:
-        points = [pool(s, [r[k] for k in sorted(r)]) for s, r in sorted(runs.items())]
+        points = [pool(s, [r[k] for k in sorted(r)], confidence) for s, r in sorted(runs.items())]
         all_rows = [row for spec in plan for row in rows_by_job[spec.key]]
-        front = frontier(all_rows, threshold)
+        front = frontier(all_rows, threshold, confidence)
         est = estimate(points, threshold)
     write_table(out, all_rows)
     result = EMMResult(config=cfg, estimate=est, points=points, optimal=optimal,
                        n_trainings=len({s.key for s in plan}), n_trained_now=trained_now,
                        wall_s=time.perf_counter() - t0, rows=all_rows,
                        flagged=[p.size for p in points if p.straddles(threshold)], frontier=front,
-                       law=law_report(all_rows, front, threshold, cfg.bracket_factor),
+                       law=law_report(all_rows, front, threshold, cfg.bracket_factor, confidence),
                        training_kimg=training_kimg(all_rows))
     atomic_write_json(out / "emm.json", result.details())
     write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()),
@@ -304,7 +307,7 @@ def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratio
     for s in (br.low, br.high):
         if s is None:
             continue
-        p = pool(s, list(runs[s].values()))
+        p = pool(s, list(runs[s].values()), cfg.measure.confidence)
         if p.straddles(threshold) and len(runs[s]) < cfg.repeats + cfg.refine_repeats:
             specs.append(job_spec(cfg, s, len(runs[s]), synthetic))
     return specs

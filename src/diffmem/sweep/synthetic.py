@@ -66,7 +66,7 @@ def synthetic_rows(spec) -> list[dict[str, Any]]:
             k = int(np.random.default_rng(_seed(spec.size, spec.repeat, kimg, curve.seed)).binomial(n, p))
         else:
             k = int(round(n * p))
-        lo, hi = wilson(k, n)
+        lo, hi = wilson(k, n, float(c.get("confidence", 0.95)))
         rows.append({"kind": "train", "size": spec.size, "repeat": spec.repeat, "snapshot_kimg": float(kimg),
                      "ratio": k / n, "ci_low": lo, "ci_high": hi, "n_memorized": k, "n_samples": n,
                      "n_train": spec.size, "threshold": 1 / 3})
