@@ -59,8 +59,9 @@ def test_step_curve_bracket_with_fewest_measurements(emm):
     assert br.high / br.low <= 1.25
     # binary search on the 5-size grid (⌈log2 6⌉ = 3) + 2 halvings of log 2 (2^(1/4) ≤ 1.25)
     assert len(ratios) <= 5 == search.max_measurements(64, 1024, 2.0, 1.25)
-    # a plain grid at the bracket's resolution would need 14 trainings over the same range
-    assert search.grid_measurements(64, 1024, 2.0, 1.25) == 14
+    # a plain grid at the bracket's resolution would need 14 trainings over the same range: 64·1.25^k up to
+    # 1,024 is ⌈ln 16 / ln 1.25⌉ = ⌈12.4⌉ = 13 steps, 14 sizes (the grid factor plays no part)
+    assert search.grid_measurements(64, 1024, 1.25) == 14
     # the sizes measured form a monotone step (the decisions never contradict each other)
     s = sorted(ratios)
     assert [ratios[x] for x in s] == sorted((ratios[x] for x in s), reverse=True)

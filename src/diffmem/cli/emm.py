@@ -134,7 +134,7 @@ def print_result(res, out: Path, file=None) -> None:
           f"(sizes × repeats; a longer job extends its size's shorter run), {_kimg(res.training_kimg)} kimg of "
           f"training in all; one EMM search per budget would need up to {bound} trainings and {_kimg(kimg)} kimg\n")
     elif not cfg.sizes:
-        grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) * cfg.repeats
+        grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.bracket_factor) * cfg.repeats
         w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "
           f"factor {cfg.bracket_factor} over {cfg.size_min:,}–{cfg.size_max:,} would need {grid}\n")
     w(f"wall time: {res.wall_s:,.1f} s; results: {out / 'results.csv'}\n")

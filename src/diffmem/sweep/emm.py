@@ -44,7 +44,7 @@ from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
 from diffmem.sweep.frontier import BudgetEMM, frontier, frontier_budgets, next_runs, training_kimg
 from diffmem.sweep.jobs import JobSpec
 from diffmem.sweep.law import law_report
-from diffmem.sweep.search import find_bracket, max_measurements, next_sizes
+from diffmem.sweep.search import find_bracket, max_measurements, next_sizes, reachable_sizes
 from diffmem.sweep.synthetic import SyntheticCurve
 from diffmem.sweep.table import write_table
 
@@ -177,10 +177,20 @@ def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> d
 
 
 def max_trainings(cfg: EMMConfig) -> int:
-    """Trainings the search can need at most (all of ``sizes`` in table mode), repeats included. In
-    frontier mode: runs (sizes × repeats) at most, each of which may be extended in several jobs."""
-    bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
-                                                               cfg.bracket_factor) + 2 * cfg.measure_ends)
+    """Trainings the search can need at most, repeats and refinements included.
+
+    Table mode: each of ``sizes`` × ``repeats``. Search: ``repeats`` for each size the worst sequence of
+    outcomes visits (:func:`~diffmem.sweep.search.max_measurements`, ``parallel`` and ``measure_ends``
+    included). With ``refine_repeats`` m, a refined repeat can move the bracket and the search resumes, so
+    the bound is every size the search can reach (:func:`~diffmem.sweep.search.reachable_sizes`; all of
+    ``sizes`` in table mode) with repeats + m runs each. Frontier mode: runs (sizes × repeats) at most, each
+    of which may be extended in several jobs.
+    """
+    grid = (cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor)
+    if cfg.refine_repeats > 0:
+        sizes = len(cfg.sizes) if cfg.sizes else reachable_sizes(*grid, parallel=cfg.parallel)
+        return sizes * (cfg.repeats + cfg.refine_repeats)
+    bound = len(cfg.sizes) if cfg.sizes else max_measurements(*grid, parallel=cfg.parallel, ends=cfg.measure_ends)
     if cfg.frontier:
         _validate_frontier(cfg)
         bound = min(bound * len(frontier_budgets(cfg.train)), cfg.size_max - cfg.size_min + 1)
@@ -238,22 +248,13 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
     confidence = cfg.measure.confidence  # the level of every interval the search reports
     try:
         while True:
-            ratios = {s: pool(s, list(r.values()), confidence).ratio for s, r in runs.items()}
             if cfg.frontier:
                 todo = next_runs(_rows_of(longest, rows_by_job), budgets, size_min=cfg.size_min,
                                  size_max=cfg.size_max, threshold=threshold, grid_factor=cfg.grid_factor,
                                  bracket_factor=cfg.bracket_factor, parallel=cfg.parallel, ends=cfg.measure_ends)
                 specs = [job_spec(cfg, s, r, synthetic, kimg=todo[s]) for s in todo for r in range(cfg.repeats)]
             else:
-                if cfg.sizes:
-                    sizes = [s for s in cfg.sizes if s not in runs]
-                else:
-                    sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
-                                       grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
-                                       parallel=cfg.parallel, ends=cfg.measure_ends)
-                specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
-            if not specs and cfg.refine_repeats > 0:
-                specs = _refinements(cfg, runs, ratios, threshold, synthetic)
+                specs = [job_spec(cfg, s, r, synthetic) for s, r in next_trainings(cfg, runs)]
             if not specs:
                 break
             plan.extend(specs)
@@ -299,18 +300,26 @@ def _rows_of(longest: dict[tuple[int, int], str], rows_by_job: dict[str, list[di
     return [row for _, key in sorted(longest.items()) for row in rows_by_job[key]]
 
 
-def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratios: dict[int, float],
-                 threshold: float, synthetic: SyntheticCurve | None) -> list[JobSpec]:
-    """One more repeat for each bracket size whose interval straddles 1 − ε (up to refine_repeats more)."""
+def next_trainings(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]]) -> list[tuple[int, int]]:
+    """The (size, repeat) trainings to run next given the runs so far (size → repeat → best snapshot); empty when
+    the search (or the table) is done. The search and table modes' one decision rule; the frontier search has
+    its own (:func:`diffmem.sweep.frontier.next_runs`)."""
+    threshold = 1.0 - cfg.epsilon
+    points = {s: pool(s, [r[k] for k in sorted(r)], cfg.measure.confidence) for s, r in runs.items()}
+    ratios = {s: p.ratio for s, p in points.items()}
+    if cfg.sizes:
+        sizes = [s for s in cfg.sizes if s not in runs]
+    else:
+        sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
+                           grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor, parallel=cfg.parallel,
+                           ends=cfg.measure_ends)
+    todo = [(s, r) for s in sizes for r in range(cfg.repeats)]
+    if todo or cfg.refine_repeats == 0:
+        return todo
+    # one more repeat for each bracket size whose interval straddles 1 − ε (up to refine_repeats more)
     br = find_bracket(ratios, threshold)
-    specs = []
-    for s in (br.low, br.high):
-        if s is None:
-            continue
-        p = pool(s, list(runs[s].values()), cfg.measure.confidence)
-        if p.straddles(threshold) and len(runs[s]) < cfg.repeats + cfg.refine_repeats:
-            specs.append(job_spec(cfg, s, len(runs[s]), synthetic))
-    return specs
+    return [(s, len(runs[s])) for s in (br.low, br.high) if s is not None and points[s].straddles(threshold)
+            and len(runs[s]) < cfg.repeats + cfg.refine_repeats]
 
 
 def validate(cfg: EMMConfig) -> None:
