@@ -12,7 +12,7 @@ from diffmem.cli.emm import add_run_arguments, run_sweep
 from diffmem.config import StudyConfig, load_json_config
 from diffmem.fmt import pct, size
 from diffmem.sweep.emm import max_trainings
-from diffmem.sweep.study import expand, run_study, value_label
+from diffmem.sweep.study import derived_fields, derived_text, expand, run_study, value_label
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
 EXAMPLES = """\
@@ -63,10 +63,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg, out: Path, as_json: bool) -> int:
-    """The resolved config of every factor value and the number of trainings (at most, for mode emm)."""
-    values = []
+    """The resolved config of every factor value (with the fields it changes without naming them, such as the lr
+    scaled with the batch) and the number of trainings (at most, for mode emm)."""
+    values, notes = [], []
     for factors, c in expand(cfg):
-        values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c)})
+        values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c),
+                       "derived": derived_fields(cfg, factors)})
+        notes.append(f"; {derived_text(cfg, factors)}" if values[-1]["derived"] else "")
     total = sum(v["max_trainings"] for v in values)
     plan = {"name": cfg.name, "mode": cfg.mode, "out": str(out), "values": values, "max_trainings": total}
     if as_json:
@@ -74,7 +77,7 @@ def _dry_run(cfg, out: Path, as_json: bool) -> int:
         return 0
     w = sys.stdout.write
     w(f"study {cfg.name!r} ({cfg.mode} mode): {len(values)} factor values, at most {total} trainings\n")
-    for v in values:
-        w(f"  {v['value']}: at most {v['max_trainings']} trainings\n")
+    for v, note in zip(values, notes):
+        w(f"  {v['value']}: at most {v['max_trainings']} trainings{note}\n")
     w("(--dry-run --json prints the resolved config of every value)\n")
     return 0

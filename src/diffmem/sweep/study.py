@@ -13,12 +13,12 @@ A factor is any dotted field of the EMM config (``model.channels``, ``data.label
 an optional ``"label"`` key names the value in tables and figures).
 ``base`` may name an EMM preset (``{"preset": "digits", "train": {"kimg": 256}}``): its fields with the
 given ones merged over them. ``train.batch`` scales the learning rate with it (lr × batch / base batch)
-unless ``train.lr`` is a factor too, as the reference study did.
+unless ``train.lr`` is a factor too, as the reference study did: each value's ``config.json``, the dry run
+and ``study.json`` (``derived``) show the lr used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import time
@@ -46,7 +46,8 @@ class StudyResult:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.config.name, "mode": self.config.mode, "factors": list(self.config.factors),
-            "values": [{"factors": f, "dir": f"values/{value_slug(f)}", **r.summary()} for f, r in self.values],
+            "values": [{"factors": f, "dir": f"values/{value_slug(f)}", **r.summary(),
+                        **({"derived": d} if (d := derived_fields(self.config, f)) else {})} for f, r in self.values],
             "n_trainings": sum(r.n_trainings for _, r in self.values),
             "n_trained_now": sum(r.n_trained_now for _, r in self.values),
             "wall_s": round(self.wall_s, 3),
@@ -74,6 +75,42 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) or v is None else str(v)
 
 
+def value_fields(factors: dict[str, Any]) -> dict[str, Any]:
+    """The dotted fields one combination of factor values sets: a factor's value is a field value, or an object
+    of dotted fields set together (a grouped factor; its ``label`` names it)."""
+    out: dict[str, Any] = {}
+    for name, value in factors.items():
+        fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+        if not fields:
+            raise UsageError(f"factors.{name}: {value!r} is not valid; expected an object of at least one "
+                             "dotted field, e.g. {\"data.labels\": \"unique\"}")
+        out.update(fields)
+    return out
+
+
+def derived_fields(cfg: StudyConfig, factors: dict[str, Any]) -> dict[str, Any]:
+    """Fields a combination of factor values changes without naming them: ``train.lr`` scaled with
+    ``train.batch`` (lr × batch / base batch, as the reference study varied the batch size) unless the
+    combination sets ``train.lr`` too (nothing at the base's batch). The resolved config of each value holds the
+    result; dry runs and ``study.json`` show it."""
+    fields = value_fields(factors)
+    if "train.batch" in fields and "train.lr" not in fields:
+        batch = replace_path(cfg.base, "train.batch", fields["train.batch"]).train.batch
+        if batch != cfg.base.train.batch:
+            return {"train.lr": cfg.base.train.lr * batch / cfg.base.train.batch}
+    return {}
+
+
+def derived_text(cfg: StudyConfig, factors: dict[str, Any]) -> str:
+    """The derived fields of a value in words (empty when there are none)."""
+    lr = derived_fields(cfg, factors).get("train.lr")
+    if lr is None:
+        return ""
+    batch = replace_path(cfg.base, "train.batch", value_fields(factors)["train.batch"]).train.batch
+    return (f"train.lr {lr:g} (scaled with train.batch: base lr {cfg.base.train.lr:g} × batch {batch} / base batch "
+            f"{cfg.base.train.batch})")
+
+
 def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
     """Every combination of factor values and the EMM config it gives."""
     if cfg.mode not in ("emm", "ratio"):
@@ -90,19 +127,9 @@ def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(cfg.factors[n] for n in names)):
         factors = dict(zip(names, combo))
-        emm_cfg, paths = cfg.base, set()
-        for name, value in factors.items():
-            # a factor's value is a field value, or an object of dotted fields set together (a grouped factor)
-            fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
-            if not fields:
-                raise UsageError(f"factors.{name}: {value!r} is not valid; expected an object of at least one "
-                                 "dotted field, e.g. {\"data.labels\": \"unique\"}")
-            for path, v in fields.items():
-                emm_cfg = replace_path(emm_cfg, path, v)
-            paths |= set(fields)
-        if "train.batch" in paths and "train.lr" not in paths:  # batch size with lr scaled
-            lr = cfg.base.train.lr * emm_cfg.train.batch / cfg.base.train.batch
-            emm_cfg = dataclasses.replace(emm_cfg, train=dataclasses.replace(emm_cfg.train, lr=lr))
+        emm_cfg = cfg.base
+        for path, v in {**value_fields(factors), **derived_fields(cfg, factors)}.items():
+            emm_cfg = replace_path(emm_cfg, path, v)
         slug = value_slug(factors)
         if slug in seen:
             raise UsageError(f"factors: {value_label(seen[slug])!r} and {value_label(factors)!r} would share the "
