@@ -341,6 +341,19 @@ def model_train_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     return MODEL_PRESETS[name], TRAIN_PRESETS[name]
 
 
+def resolve_preset(name: str, model: dict[str, Any] | None = None,
+                   train: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Preset ``name``'s model and training recipe with the given fields replaced. A duration replaces the
+    preset's (``kimg`` clears ``epochs``, ``epochs`` clears ``kimg``); an EMA half-life without a decay clears
+    the preset's constant decay, so the half-life is used."""
+    m, t = model_train_preset(name)
+    train = dict(train or {})
+    for field_, other in (("kimg", "epochs"), ("epochs", "kimg"), ("ema_halflife_kimg", "ema_decay")):
+        if field_ in train and other not in train:
+            train[other] = None
+    return dataclasses.replace(m, **(model or {})), dataclasses.replace(t, **train)
+
+
 EMM_PRESETS: dict[str, EMMConfig] = {
     # The embedded default (`make demo`): scikit-learn's 8×8 digits, the whole EMM experiment on 2 CPU cores.
     # Training procedure (EMM is relative to it): a two-level U-Net with C=16 (8×8: 16, 4×4: 32 channels),

@@ -17,6 +17,7 @@ from diffmem.artefacts import check_new_dir, check_new_file
 from diffmem.cli.common import print_json
 from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options, sample_diffusers
 from diffmem.config import SampleConfig
+from diffmem.data import load_dataset
 from diffmem.errors import UsageError, bad
 
 log = logging.getLogger(__name__)
@@ -91,23 +92,20 @@ def _config(args: argparse.Namespace) -> SampleConfig:
 
 
 def _optimal(args: argparse.Namespace, cfg: SampleConfig):
-    import torch
+    import torch  # with the sampler: only when sampling
 
-    from diffmem.data import load_dataset
     from diffmem.devices import resolve_device
-    from diffmem.sample import OptimalDenoiser
-    from diffmem.sample.labels import present_classes
+    from diffmem.sample.optimal import dataset_optimum
 
-    train, classes = load_dataset(args.optimal)
+    train_set, label_classes = load_dataset(args.optimal)
     if args.unconditional:
-        classes = 0
+        label_classes = 0
     device = resolve_device(cfg.device)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
-    denoiser = OptimalDenoiser(train.images, train.labels if classes > 0 else None, label_dim=classes, dtype=dtype,
-                               device=device)
-    kind = f"{classes} classes" if classes else "unconditional"
-    what = f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype or 'float64'}, {device})"
-    return denoiser, what, present_classes(train.labels) if classes > 0 else None
+    denoiser, classes = dataset_optimum(train_set, label_classes, dtype=dtype, device=device)
+    kind = f"{label_classes} classes" if label_classes else "unconditional"
+    what = f"closed-form optimum of {len(train_set)} training images ({kind}, {args.dtype or 'float64'}, {device})"
+    return denoiser, what, classes
 
 
 def _trained(args: argparse.Namespace, cfg: SampleConfig):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from diffmem.artefacts import dir_lock, read_manifest, remove_stale_temps
 from diffmem.cli.common import (
     add_dry_run_argument,
     add_json_argument,
@@ -17,7 +17,7 @@ from diffmem.cli.common import (
     print_json,
     show_progress,
 )
-from diffmem.config import ModelConfig, TrainConfig, model_train_preset, preset_names, to_dict
+from diffmem.config import ModelConfig, TrainConfig, preset_names, resolve_preset, to_dict
 from diffmem.errors import UsageError
 
 HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
@@ -112,8 +112,7 @@ def _parse(flag: str, kind, text: str):
 
 
 def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    """The preset with every given flag applied."""
-    model, train = model_train_preset(args.preset)
+    """The preset with every given flag applied (:func:`diffmem.config.resolve_preset`)."""
     changes: dict[str, dict] = {"model": {}, "train": {}}
     for group, flags in (("model", _MODEL_FLAGS), ("train", _TRAIN_FLAGS)):
         for flag, (field, kind, _) in flags.items():
@@ -122,34 +121,28 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
                 changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
     if args.compile:
         changes["train"]["compile"] = True
-    if args.kimg is not None:
-        changes["train"].update(kimg=args.kimg, epochs=None)
-    if args.epochs is not None:
-        changes["train"].update(epochs=args.epochs, kimg=None)
-    if "ema_halflife_kimg" in changes["train"] and "ema_decay" not in changes["train"]:
-        changes["train"]["ema_decay"] = None
-    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **changes["train"])
+    for field in ("kimg", "epochs"):
+        if getattr(args, field) is not None:
+            changes["train"][field] = getattr(args, field)
+    return resolve_preset(args.preset, changes["model"], changes["train"])
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffmem.train import list_snapshots, train  # torch: only when a command trains
+    from diffmem.train.distributed import world
     from diffmem.train.loop import resolve_configs
 
-    model, train = resolve(args)
+    model_cfg, train_cfg = resolve(args)
     data, out = Path(args.data), Path(args.out)
     if args.dry_run:
-        _, _, resolved = resolve_configs(data, model, train)
+        _, _, resolved = resolve_configs(data, model_cfg, train_cfg)
         print_json(resolved) if args.json else sys.stdout.write(json.dumps(to_dict(resolved), indent=2) + "\n")
         return 0
-
-    from diffmem.train import list_snapshots
-    from diffmem.train import train as train_fn
-    from diffmem.train.distributed import world
-
     if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
-        train_fn(data, out, model, train, progress=False)
+        train(data, out, model_cfg, train_cfg, progress=False)
         return 0
     with _out_lock(out):
-        train_fn(data, out, model, train, progress=show_progress(args))
+        train(data, out, model_cfg, train_cfg, progress=show_progress(args))
     summary = _summary(out)
     if args.json:
         print_json(summary)
@@ -168,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
 def _out_lock(out: Path):
     """Hold the lock on the run directory for the whole run; a directory created only for the lock is
     removed again when the run fails before writing anything into it."""
-    from diffmem.artefacts import dir_lock, remove_stale_temps
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {str(out)!r} is a file; expected a run directory (new, or of the same run)")
     created = not out.exists()
@@ -186,8 +177,7 @@ def _out_lock(out: Path):
 
 
 def _summary(out: Path) -> dict:
-    from diffmem.artefacts import read_manifest
-    from diffmem.train.checkpoints import FINAL_FILE, list_snapshots
+    from diffmem.train.checkpoints import FINAL_FILE, list_snapshots  # torch: only after training
 
     m = read_manifest(out) or {}
     lines = (out / "stats.jsonl").read_text().splitlines() if (out / "stats.jsonl").exists() else []

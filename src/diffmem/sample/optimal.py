@@ -8,6 +8,9 @@ For training images {y_i} the minimiser of the denoising loss is the posterior m
 streaming the training set in blocks with an online log-sum-exp: no matrix larger than one
 N_batch × block is ever formed, and σ = 0.002 gives neither NaN nor overflow. The term ‖x‖²/2σ² is
 the same for every i and cancels in the softmax, so the logits are (x·y_i − ½‖y_i‖²)/σ².
+
+:func:`dataset_optimum` builds the optimum of a dataset (conditional when it has label classes) and
+:func:`sample_optimum` samples it: the one way ``diffmem sample --optimal`` and every sweep job do it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import math
 import numpy as np
 import torch
 
+from diffmem.config import SampleConfig
+from diffmem.devices import resolve_device
 from diffmem.errors import UsageError
-from diffmem.sample.labels import as_labels
+from diffmem.io import ImageSet
+from diffmem.sample.generate import DEFAULT_CONFIG, generate
+from diffmem.sample.labels import as_labels, present_classes
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +183,34 @@ class OptimalDenoiser(torch.nn.Module):
                     rows = (lab == c).nonzero().squeeze(1)
                     out[rows] = self._stream(xf[rows], inv_two_sigma2[rows], self.offsets[c], self.offsets[c + 1])
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+def dataset_optimum(
+    train: ImageSet,                      # the training images (uint8) and their labels
+    label_classes: int,                   # the dataset's label classes; 0: the unconditional optimum
+    *,
+    dtype: torch.dtype = torch.float64,   # compute dtype of the optimum
+    device: torch.device | str = "cpu",
+) -> tuple[OptimalDenoiser, np.ndarray | None]:
+    """The closed-form optimum of a dataset — conditional on its labels when it has label classes — and the
+    classes conditional samples draw their labels from: those some training image carries (None when
+    unconditional), so that no sample asks for a class without images."""
+    conditional = label_classes > 0
+    denoiser = OptimalDenoiser(train.images, train.labels if conditional else None, label_dim=label_classes,
+                               dtype=dtype, device=device)
+    return denoiser, present_classes(train.labels) if conditional else None
+
+
+def sample_optimum(
+    train: ImageSet,
+    label_classes: int,
+    n: int,                               # samples, with seeds seed … seed + n − 1
+    seed: int,
+    cfg: SampleConfig = DEFAULT_CONFIG,   # the sampler (its device runs the optimum)
+    *,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> ImageSet:
+    """``n`` samples of the closed-form optimum of a dataset (:func:`dataset_optimum`), labels drawn per seed."""
+    denoiser, classes = dataset_optimum(train, label_classes, dtype=dtype, device=resolve_device(cfg.device))
+    return generate(denoiser, n, seed, cfg, classes=classes, progress=progress)

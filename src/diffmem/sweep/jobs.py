@@ -204,8 +204,9 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.config import DataConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, from_dict
     from diffmem.data import build_dataset, load_dataset
     from diffmem.devices import resolve_device
-    from diffmem.sample import OptimalDenoiser, generate
+    from diffmem.sample import generate
     from diffmem.sample.labels import present_classes
+    from diffmem.sample.optimal import sample_optimum
     from diffmem.sweep.lineage import start_from_shorter
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
@@ -234,9 +235,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
         summary = _measured(directory / "optimal", what)
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
-            D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
-                                label_dim=label_classes, device=resolve_device(sample_cfg.device))
-            samples = generate(D, n, seed, sample_cfg, classes=classes)
+            samples = sample_optimum(train_set, label_classes, n, seed, sample_cfg)
             summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what, heldout)
         rows.append(_row("optimal", spec, None, summary, held_summary))
 
