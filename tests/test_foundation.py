@@ -286,3 +286,18 @@ def test_unexpected_multi_line_errors_are_printed_on_one_line(monkeypatch, capsy
     assert cli.main(["report", "x"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "first line second line" in err
+
+
+def test_seed_purposes_are_distinct_and_pinned():
+    """One home for the purposes a seed is split into: within a family no two purposes share a stream, and the
+    values are the ones runs have always used (changing one would change every draw made from it)."""
+    from diffmem import seeds
+    from diffmem.train.dataset import DataOrder
+
+    assert seeds.SUBSET_ORDER != seeds.RANDOM_LABELS
+    train = [seeds.TRAIN_DATA_ORDER, seeds.TRAIN_NOISE, seeds.TRAIN_DROPOUT, seeds.TRAIN_INIT]
+    assert len(set(train)) == len(train) and train == [1, 2, 3, 4]
+    assert (seeds.SUBSET_ORDER, seeds.RANDOM_LABELS, seeds.ROW_HASH, seeds.LAW_BOOTSTRAP) == (0, 1, 0x5EED, 0)
+    order = DataOrder(n=10, batch=4, seed=7)
+    ref = np.random.default_rng(np.random.SeedSequence([7, 1, 3])).permutation(10)  # [seed, purpose, epoch]
+    assert np.array_equal(order.permutation(3), ref)

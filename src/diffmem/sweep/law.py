@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 
 from diffmem import fmt
+from diffmem.seeds import LAW_BOOTSTRAP
 from diffmem.sweep.frontier import TOL, BudgetEMM, bracket_ok, frontier
 
 N_BOOT = 2000  # bootstrap refits for α's interval
 MIN_BOOT_SIZES = 5  # fewer sizes give an interval that is only the spread of a few pairwise slopes
-BOOT_SEED = 0  # the bootstrap's seed: the same onsets give the same interval
 HOLDOUT_TOLERANCE = 0.20  # the law holds here when the hold-out prediction is within ±20 % of the measured EMM
 PREDICT_FACTORS = (2.0, 4.0)  # budgets beyond the final one at which the law predicts the EMM
 
@@ -154,11 +154,11 @@ class PowerLaw:
 
     def summary(self) -> dict[str, Any]:
         return {"a": self.a, "alpha": self.alpha, "alpha_ci": self.alpha_ci, "sizes": list(self.sizes),
-                "n_boot": int(len(self.boot_alpha)), "boot_seed": BOOT_SEED, "confidence": self.confidence}
+                "n_boot": int(len(self.boot_alpha)), "boot_seed": LAW_BOOTSTRAP, "confidence": self.confidence}
 
 
 def fit_law(ons: Sequence[Onset], *, confidence: float = 0.95, n_boot: int = N_BOOT,
-            seed: int = BOOT_SEED) -> PowerLaw | None:
+            seed: int = LAW_BOOTSTRAP) -> PowerLaw | None:
     """Fit τ_mem = a·|D|^α to the interpolated onsets (None with fewer than 2 sizes)."""
     pts = [(o.size, o.kimg) for o in ons if o.kimg is not None]
     if len({s for s, _ in pts}) < 2:
