@@ -118,12 +118,12 @@ def test_every_documented_command_line_parses(where, line, capsys):
 
 SHARED = {  # option → the commands it is on (sample and measure keep their own options for now)
     "--debug": set(COMMANDS),
-    "--json": {"data", "train", "emm", "study", "report"},
-    "--no-progress": {"data", "train", "emm", "study"},
-    "--threads": {"data", "train", "emm", "study"},
+    "--json": {"data", "train", "sample", "measure", "emm", "study", "report"},
+    "--no-progress": {"data", "train", "sample", "measure", "emm", "study"},
+    "--threads": {"data", "train", "sample", "measure", "emm", "study"},
     "--dry-run": {"train", "emm", "study"},
 }
-OWN = {"sample", "measure"}
+OWN: set[str] = set()  # commands whose option of a shared name is their own (none)
 
 
 def _action(parser: argparse.ArgumentParser, option: str):
@@ -191,6 +191,9 @@ def _quick(command: str, tmp_path: Path) -> list[str]:
     return {
         "data": ["data", "--source", "digits", "--size", "16", "--out", str(tmp_path / "ds")],
         "train": ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "digits", "--dry-run"],
+        "sample": ["sample", "--optimal", str(data), "--n", "4", "--steps", "2", "--device", "cpu", "--out",
+                   str(tmp_path / "s.npz")],
+        "measure": ["measure", "--samples", str(data), "--train", str(data), "--device", "cpu"],
         "emm": ["emm", "--preset", "digits", "--out", str(tmp_path / "e"), "--dry-run"],
         "study": ["study", "--config", str(_study_file(tmp_path)), "--out", str(tmp_path / "s"), "--dry-run"],
     }[command]
@@ -227,7 +230,8 @@ def test_threads_with_the_ray_backend_is_refused_before_any_work(tmp_path, resto
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # no Ray instance was started
 
 
-@pytest.mark.parametrize("command", ["data", "emm", "study", pytest.param("train", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("command", ["data", "sample", "measure", "emm", "study",
+                                     pytest.param("train", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("hide", [False, True])
 def test_no_progress_hides_the_bars_that_a_terminal_shows(command, hide, tmp_path, monkeypatch, capsys):
     """With stderr a terminal the long stages draw a bar there; --no-progress draws none. stdout never gets one."""
@@ -246,6 +250,9 @@ def test_no_progress_hides_the_bars_that_a_terminal_shows(command, hide, tmp_pat
         "data": ["data", "--source", "shapes:res=8,classes=2,n=2600", "--out", str(tmp_path / "ds")],  # ≥ 2,048: a bar
         "train": ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "digits", "--channels", "8",
                   "--batch", "8", "--kimg", "0.032", "--device", "cpu"],
+        "sample": ["sample", "--optimal", str(data), "--n", "8", "--steps", "2", "--device", "cpu", "--out",
+                   str(tmp_path / "s.npz")],
+        "measure": ["measure", "--samples", str(data), "--train", str(data), "--device", "cpu"],
         "emm": ["emm", "--preset", "digits", "--synthetic", "300", "--out", str(tmp_path / "e"), "--no-report"],
         "study": ["study", "--config", str(_study_file(tmp_path)), "--out", str(tmp_path / "s"), "--no-report"],
     }[command]

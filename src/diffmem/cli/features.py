@@ -61,7 +61,8 @@ def feature_space(args: argparse.Namespace):
                                     similarity=similarity))
 
 
-def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: Callable[[str, str], Any]):
+def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: Callable[[str, str], Any], *,
+                     progress: bool):
     """Embed or read both sides, then measure both criteria: (measurement, sample images, training images).
 
     ``load(path, option)`` reads an image set. Images are None where only vectors are known (no grid figure).
@@ -82,8 +83,8 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
                              f"{'×'.join(map(str, samples.shape[1:]))} but --train are "
                              f"{'×'.join(map(str, train.shape[1:]))}; expected one size for both, e.g. "
                              f"--preprocess size={train.shape[1]}")
-        s_vec = encoder(samples.images, what="samples", progress=True)
-        t_vec = encoder(train.images, what="training images", progress=True)
+        s_vec = encoder(samples.images, what="samples", progress=progress)
+        t_vec = encoder(train.images, what="training images", progress=progress)
         seeds = samples.seeds
     else:
         sides = []
@@ -102,7 +103,7 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
         samples, train = s_emb.images, t_emb.images
         seeds = samples.seeds if samples is not None and samples.seeds is not None else s_emb.seeds
         describe = {"samples_names": s_emb.names is not None, "train_names": t_emb.names is not None}
-    m = measure_features(s_vec, t_vec, space, cfg, seeds=seeds, describe=describe, progress=True)
+    m = measure_features(s_vec, t_vec, space, cfg, seeds=seeds, describe=describe, progress=progress)
     return m, samples, train
 
 

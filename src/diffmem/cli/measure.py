@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from diffmem.artefacts import check_new_dir
-from diffmem.cli.common import parse_fraction, print_json
+from diffmem.cli.common import (
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    parse_fraction,
+    print_json,
+    show_progress,
+)
 from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
 from diffmem.devices import resolve_device
@@ -37,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="1/3", metavar="T",
                         help="memorized when d1/d2 < T (default 1/3)")
     parser.add_argument("--out", metavar="DIR", help="write summary.json, table.csv, copies.csv, figures here")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
     g = parser.add_argument_group("inputs as you have them (applied to samples, training and held-out images)")
     g.add_argument("--resize", type=int, metavar="R",
                    help="downsample every image to R×R first (the resampling of 'diffmem data --resolution')")
@@ -189,11 +198,13 @@ def run(args: argparse.Namespace) -> int:
         if heldout is not None:
             _check_shapes("--heldout", heldout.shape, train.shape)
         index = prepare_train(train)
-        m = measure(samples, index, cfg, progress=True)
-        ref = prepare_heldout(index, heldout, cfg, len(samples), progress=True) if heldout is not None else None
+        progress = show_progress(args)
+        m = measure(samples, index, cfg, progress=progress)
+        ref = prepare_heldout(index, heldout, cfg, len(samples), progress=progress) if heldout is not None else None
         copying = ref.copying(samples, m.d1) if ref is not None else None
     else:
-        m, samples, train = measure_in_space(args, space, cfg, lambda path, option: _load(path, option, conv))
+        m, samples, train = measure_in_space(args, space, cfg, lambda path, option: _load(path, option, conv),
+                                             progress=show_progress(args))
     names = TableNames.of(samples, train, m.nn1.shape[0], m.train_canonical.shape[0])
     extra = {} if conv.identity else {"conversion": conv.describe()}
     summary = full_summary(m, names, ref, copying, **extra)

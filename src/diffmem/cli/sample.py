@@ -7,14 +7,19 @@ import argparse
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from diffmem.artefacts import check_new_dir, check_new_file
-from diffmem.cli.common import print_json
+from diffmem.cli.common import (
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options, sample_diffusers
 from diffmem.config import SampleConfig
 from diffmem.data import load_dataset
@@ -77,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --optimal: compute dtype of the optimum (default float64); with --diffusers: the UNet's "
                         "(default float32; float64 makes every sample bit-identical whatever --batch)")
     add_diffusers_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
 
 
 def _config(args: argparse.Namespace) -> SampleConfig:
@@ -174,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--label: {args.label} is not valid; class {args.label} has no training image in "
                          f"{args.optimal} (classes present: {classes.tolist()[:20]})")
     samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, classes=classes,
-                       progress=sys.stderr.isatty())
+                       progress=show_progress(args))
     seconds = time.perf_counter() - t0
     if to_dir:
         save_image_folder(args.out, samples, cfg, denoiser=what, label=args.label,

@@ -4,12 +4,12 @@ lives in :mod:`diffmem.sample.diffusers`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from diffmem.cli.common import show_progress
 from diffmem.errors import UsageError
 from diffmem.io import ImageSet
 
@@ -57,7 +57,7 @@ def sample_diffusers(args: argparse.Namespace) -> tuple[ImageSet, Any, dict[str,
     model = load_diffusers_model(args.diffusers, cfg.scheduler, cfg.device, cfg.dtype)
     check_label(args.label, model.label_dim, "--label")
     t0 = time.perf_counter()
-    samples = generate_diffusers(model, args.n, args.seed, cfg, labels=args.label, progress=sys.stderr.isatty())
+    samples = generate_diffusers(model, args.n, args.seed, cfg, labels=args.label, progress=show_progress(args))
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.unet.parameters())
     counts = {int(k): int(v) for k, v in zip(*np.unique(samples.labels, return_counts=True)) if k >= 0}
