@@ -9,7 +9,8 @@ from diffmem.errors import UsageError
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (Wilson 1927, eq. of the score test).
+    """Wilson score interval for k successes in n trials: the interval of the score test ("Probable inference,
+    the law of succession, and statistical inference", Journal of the American Statistical Association, 1927).
 
     centre = (p̂ + z²/2n) / (1 + z²/n),  half = z/(1 + z²/n) · √(p̂(1 − p̂)/n + z²/4n²).
     """
