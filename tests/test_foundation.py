@@ -301,3 +301,23 @@ def test_seed_purposes_are_distinct_and_pinned():
     order = DataOrder(n=10, batch=4, seed=7)
     ref = np.random.default_rng(np.random.SeedSequence([7, 1, 3])).permutation(10)  # [seed, purpose, epoch]
     assert np.array_equal(order.permutation(3), ref)
+
+
+def test_the_common_refusal_is_written_by_one_helper():
+    """``OPTION: VALUE is not valid; expected …`` comes from errors.bad(), not from hand-written copies (nn/,
+    train/ and config.py keep theirs until their validation moves to whole configs)."""
+    from pathlib import Path
+
+    import diffmem
+    from diffmem.errors import UsageError, bad
+
+    e = bad("--x", "a", "b or c")
+    assert isinstance(e, UsageError) and str(e) == "--x: 'a' is not valid; expected b or c" and e.exit_code == 2
+    assert str(bad("sigmas", None, "a 1-D schedule", shown="shape (3, 2)")) == \
+        "sigmas: shape (3, 2) is not valid; expected a 1-D schedule"
+    root = Path(diffmem.__file__).parent
+    pending = {"nn", "train", "config.py"}
+    copies = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
+              if p.relative_to(root).parts[0] not in pending and p.name != "errors.py"
+              for i, line in enumerate(p.read_text().splitlines(), 1) if "is not valid; expected" in line]
+    assert copies == []

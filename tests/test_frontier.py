@@ -271,7 +271,7 @@ def test_cli_frontier_flag_dry_run_and_synthetic_json(tmp_path, capsys):
     from diffmem.cli import main
 
     assert main(["emm", "--preset", "cifar10", "--frontier", "--out", str(tmp_path / "d"), "--dry-run"]) == 2
-    assert "train.epochs: 40000 is not valid with frontier: true" in capsys.readouterr().err
+    assert "train.epochs: 40000 is not valid; expected null with frontier: true" in capsys.readouterr().err
     assert main(["emm", "--preset", "digits", "--frontier", "--out", str(tmp_path / "d"), "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["budgets_kimg"] == [64.0, 128.0, 192.0]
     assert main(["emm", "--preset", "digits-frontier", "--out", str(tmp_path / "d"), "--dry-run", "--json"]) == 0

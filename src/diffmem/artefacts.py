@@ -172,28 +172,28 @@ def check_new_dir(out: str | os.PathLike, option: str = "--out", *, keep: tuple[
     (entries named in ``keep`` aside: what a resumable command leaves there itself, such as ``.lock``).
     Anything else is a UsageError naming ``option``, the path, what it holds and ``expected``; a path below a
     regular file, a RunError (it cannot be created)."""
-    out = Path(out)
+    given, out = os.fspath(out), Path(out)  # messages show the path as it was given
     _check_parents(out, option)
     if not out.exists():
         return out
     if not out.is_dir():
-        raise bad(option, str(out), f"{expected} (it is a file)")
+        raise bad(option, given, f"{expected} (it is a file)")
     others = sorted(p.name for p in out.iterdir() if p.name not in keep)
     if others:
         m = read_manifest(out)
         held = (f"a {m.get('stage')!r} artefact" if m and m.get("stage") else
                 f"{len(others)} {'entry' if len(others) == 1 else 'entries'}: {', '.join(others[:3])}"
                 f"{', …' if len(others) > 3 else ''}")
-        raise bad(option, str(out), f"{expected} (it holds {held})")
+        raise bad(option, given, f"{expected} (it holds {held})")
     return out
 
 
 def check_new_file(path: str | os.PathLike, option: str = "--out", expected: str = "a file name") -> Path:
     """``path`` as a file to write (a new one, or one to replace): not a directory, and not below a file."""
-    path = Path(path)
+    given, path = os.fspath(path), Path(path)
     _check_parents(path, option)
     if path.is_dir():
-        raise bad(option, str(path), f"{expected} (it is a directory)")
+        raise bad(option, given, f"{expected} (it is a directory)")
     return path
 
 

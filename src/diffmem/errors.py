@@ -26,9 +26,12 @@ class RunError(DiffmemError, RuntimeError):
     exit_code = 1
 
 
-def bad(option: str, value: object, expected: str) -> UsageError:
-    """One-line usage error naming the option (or config path), the value and what is expected."""
-    return UsageError(f"{option}: {value!r} is not valid; expected {expected}")
+def bad(option: str, value: object, expected: str, *, shown: str | None = None) -> UsageError:
+    """The one-line usage error ``OPTION: VALUE is not valid; expected …``, naming the option (or the config
+    path, such as ``measure.copying_tau``), the value (as ``repr``, or as ``shown`` says it, e.g. ``shape (3,)``)
+    and what is expected."""
+    text = repr(value) if shown is None else shown
+    return UsageError(f"{option}: {text} is not valid; expected {expected}")
 
 
 def one_line(e: BaseException) -> str:

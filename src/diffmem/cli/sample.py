@@ -130,11 +130,11 @@ def _out_is_dir(out: str) -> bool:
     """``--out``: a ``.npz`` file, or a new (or empty) directory; anything else is refused before sampling."""
     p = Path(out)
     if out.endswith(".npz") and not p.is_dir():
-        check_new_file(p, expected="a file name ending in .npz")
+        check_new_file(out, expected="a file name ending in .npz")
         return False
     if not (out.endswith(("/", os.sep)) or p.is_dir() or p.suffix == ""):
         raise bad("--out", out, "a file name ending in .npz, or a directory (DIR/) for one PNG per sample")
-    check_new_dir(p, expected="a new or empty directory for one PNG per sample")
+    check_new_dir(out, expected="a new or empty directory for one PNG per sample")
     return True
 
 
@@ -145,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if args.n < 1:
-        raise UsageError(f"--n: {args.n} is not valid; expected an integer >= 1")
+        raise bad("--n", args.n, "an integer >= 1")
     if args.seed < 0:
-        raise UsageError(f"--seed: {args.seed} is not valid; expected an integer >= 0")
+        raise bad("--seed", args.seed, "an integer >= 0")
     to_dir = _out_is_dir(args.out)
     if args.snapshot is not None and args.run is None:
         raise UsageError(f"--snapshot: {args.snapshot:g} given without --run; expected --run RUN")
     if args.snapshot is not None and not (args.snapshot >= 0 and math.isfinite(args.snapshot)):
-        raise UsageError(f"--snapshot: {args.snapshot} is not valid; expected a number of kimg >= 0")
+        raise bad("--snapshot", args.snapshot, "a number of kimg >= 0")
     if args.unconditional and args.optimal is None:
         raise UsageError("--unconditional: applies to --optimal only; expected --optimal DIR")
     check_options(args)
@@ -178,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.label is not None and classes is not None and args.label not in classes:
-        raise UsageError(f"--label: {args.label} is not valid; class {args.label} has no training image in "
-                         f"{args.optimal} (classes present: {classes.tolist()[:20]})")
+        raise bad("--label", args.label, f"a class with training images in {args.optimal} (classes present: "
+                  f"{classes.tolist()[:20]})")
     samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, classes=classes,
                        progress=show_progress(args))
     seconds = time.perf_counter() - t0

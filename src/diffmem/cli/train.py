@@ -18,7 +18,7 @@ from diffmem.cli.common import (
     show_progress,
 )
 from diffmem.config import ModelConfig, TrainConfig, preset_names, resolve_preset, to_dict
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
 EXAMPLES = """\
@@ -102,13 +102,13 @@ def _parse(flag: str, kind, text: str):
             return None
         parts = [p.strip() for p in text.split(",")]
         if not all(p in ("0", "1") for p in parts):
-            raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated 0/1 flags such as 1,0,1,1")
+            raise bad(f"--{flag}", text, "comma-separated 0/1 flags such as 1,0,1,1")
         return tuple(p == "1" for p in parts)
     try:
         conv = int if kind == "ints" else float
         return tuple(conv(p) for p in text.split(","))
     except ValueError as e:
-        raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated numbers") from e
+        raise bad(f"--{flag}", text, "comma-separated numbers") from e
 
 
 def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:

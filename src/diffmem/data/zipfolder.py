@@ -20,7 +20,7 @@ import numpy as np
 
 from diffmem.artefacts import file_hash
 from diffmem.data.source import Source, relabel
-from diffmem.errors import UsageError, reason
+from diffmem.errors import UsageError, bad, reason
 from diffmem.io import (
     IMAGE_SUFFIXES,
     SHAPE_HINT,
@@ -65,8 +65,7 @@ def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | N
     for e in entries:
         ok = isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
         if not ok or isinstance(e[1], bool) or not isinstance(e[1], int):
-            raise UsageError(f"{what}: dataset.json label entry {str(e)[:80]!r} is not valid; "
-                             "expected [file name, integer label]")
+            raise bad(f"{what}: dataset.json label entry", str(e)[:80], "[file name, integer label]")
         table[e[0].replace("\\", "/")] = e[1]
     missing = [n for n in names if n not in table]
     if missing:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.measure.exact import exact_sq_dist, rerank, score_error_bound
 from diffmem.measure.vectors import TrainIndex, sq_norms
 
@@ -197,7 +197,7 @@ def search(
         raise UsageError(f"queries have {queries.shape[1:]} values each but training vectors have {index.dim}; "
                          "expected the same length")
     if candidates < 2:
-        raise UsageError(f"--candidates: {candidates} is not valid; expected at least 2")
+        raise bad("--candidates", candidates, "at least 2")
     device = torch.device(device)
     k = min(candidates, index.n_unique)
     q_sq = sq_norms(queries)
@@ -208,7 +208,7 @@ def search(
         cand_ids, cand_score = faiss_candidates(queries, index, k)
         offset = np.zeros_like(q_sq)
     else:
-        raise UsageError(f"--backend: {backend!r} is not valid; expected torch or faiss")
+        raise bad("--backend", backend, "torch or faiss")
     ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq, backend == "faiss")
     todo = np.flatnonzero(~certified)
     if todo.size:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet
 from diffmem.seeds import ROW_HASH
 
@@ -34,7 +34,7 @@ def as_vectors(x: ImageSet | np.ndarray, what: str) -> tuple[np.ndarray, tuple[i
     if a.shape[0] == 0:
         raise UsageError(f"{what}: holds no images or vectors; expected at least one")
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise UsageError(f"{what}: dtype {a.dtype} is not valid; expected uint8 pixels or real feature vectors")
+        raise bad(what, a, "uint8 pixels or real feature vectors", shown=f"dtype {a.dtype}")
     shape = tuple(int(s) for s in a.shape[1:])
     v = a.reshape(a.shape[0], -1)
     if v.dtype != np.uint8:

@@ -10,7 +10,7 @@ import torch
 
 from diffmem.config import SampleConfig
 from diffmem.devices import resolve_device
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet, to_uint8
 from diffmem.progress import progress_bar
 from diffmem.sample.labels import as_classes, as_labels, draw_labels
@@ -33,7 +33,7 @@ def check_sample_config(cfg: SampleConfig, names: dict[str, str] | None = None) 
 
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            raise UsageError(f"{names[field]}: {getattr(cfg, field)!r} is not valid; expected {expected}")
+            raise bad(names[field], getattr(cfg, field), expected)
 
     need(cfg.solver in SOLVERS, "solver", f"one of {sorted(SOLVERS)}")
     need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1")
@@ -100,9 +100,9 @@ def check_request(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Validate a request for ``n`` samples from ``seed``: (labels, one per sample, or None; classes or None)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UsageError(f"n: {n!r} is not valid; expected an integer >= 1")
+        raise bad("n", n, "an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX - n:
-        raise UsageError(f"seed: {seed!r} is not valid; expected an integer in [0, 2**63 - 1 - n]")
+        raise bad("seed", seed, "an integer in [0, 2**63 - 1 - n]")
     if labels is not None and label_dim > 0:
         labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
         labels = as_labels(labels.expand(n) if labels.numel() == 1 else labels, n, label_dim)  # one for all, or each

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.sample.noise import SeedNoise
 
 
@@ -41,7 +41,7 @@ def check_label(label: int | None, label_dim: int, what: str = "label") -> None:
     if label is None:
         return
     if label_dim <= 0:
-        raise UsageError(f"{what}: {label!r} is not valid; expected no {what} (the denoiser is unconditional)")
+        raise bad(what, label, f"no {what} (the denoiser is unconditional)")
     check_range(torch.tensor([int(label)]), label_dim, what)
 
 
@@ -49,7 +49,7 @@ def as_classes(classes: np.ndarray | torch.Tensor, label_dim: int) -> torch.Tens
     """The classes labels are drawn from: a non-empty int64 vector of labels in 0..label_dim − 1."""
     c = torch.as_tensor(np.asarray(classes), dtype=torch.int64).reshape(-1)
     if c.numel() == 0:
-        raise UsageError(f"classes: [] is not valid; expected a non-empty list of labels in 0..{label_dim - 1}")
+        raise bad("classes", [], f"a non-empty list of labels in 0..{label_dim - 1}")
     check_range(c, label_dim, "classes")
     return c
 

@@ -23,7 +23,7 @@ import torch
 
 from diffmem.config import SampleConfig
 from diffmem.devices import resolve_device
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet
 from diffmem.sample.generate import DEFAULT_CONFIG, generate
 from diffmem.sample.labels import as_labels, present_classes
@@ -54,16 +54,15 @@ class OptimalDenoiser(torch.nn.Module):
         super().__init__()
         u = torch.as_tensor(np.asarray(images_uint8)) if not isinstance(images_uint8, torch.Tensor) else images_uint8
         if u.dtype != torch.uint8 or u.ndim != 4 or u.shape[0] == 0:
-            raise UsageError(f"images: dtype {u.dtype} shape {tuple(u.shape)} is not valid; "
-                             "expected uint8 N×C×H×W with N >= 1")
+            raise bad("images", u, "uint8 N×C×H×W with N >= 1", shown=f"dtype {u.dtype} shape {tuple(u.shape)}")
         if dtype not in (torch.float64, torch.float32):
-            raise UsageError(f"dtype: {dtype} is not valid; expected torch.float64 or torch.float32")
+            raise bad("dtype", dtype, "torch.float64 or torch.float32", shown=str(dtype))
         if block_size is not None and block_size < 1:
-            raise UsageError(f"block_size: {block_size!r} is not valid; expected an integer >= 1 or None")
+            raise bad("block_size", block_size, "an integer >= 1 or None")
         if isinstance(label_dim, bool) or not isinstance(label_dim, (int, np.integer)) or label_dim < 0:
-            raise UsageError(f"label_dim: {label_dim!r} is not valid; expected an integer >= 0 (0 = unconditional)")
+            raise bad("label_dim", label_dim, "an integer >= 0 (0 = unconditional)")
         if not memory_mb > 0:
-            raise UsageError(f"memory_mb: {memory_mb!r} is not valid; expected a number > 0")
+            raise bad("memory_mb", memory_mb, "a number > 0")
         n = u.shape[0]
         self.label_dim = int(label_dim)
         self.in_channels = int(u.shape[1])
@@ -150,8 +149,8 @@ class OptimalDenoiser(torch.nn.Module):
         """D*(x; σ) for a batch; returns a tensor of ``x``'s shape, dtype and device."""
         b = x.shape[0]
         if tuple(x.shape[1:]) != (self.in_channels, self.resolution, self.resolution):
-            raise UsageError(f"x: shape {tuple(x.shape)} is not valid; expected N×{self.in_channels}×"
-                             f"{self.resolution}×{self.resolution}")
+            raise bad("x", x, f"N×{self.in_channels}×{self.resolution}×{self.resolution}",
+                      shown=f"shape {tuple(x.shape)}")
         dev = self.Y.device
         xf = x.reshape(b, -1).to(device=dev, dtype=self.compute_dtype)
         sig = torch.as_tensor(sigma, dtype=torch.float64, device=dev).reshape(-1).expand(b)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmem.errors import RunError, UsageError
+from diffmem.errors import RunError, UsageError, bad
 from diffmem.sweep.jobs import JobSpec, job_dir, read_result, run_job
 
 log = logging.getLogger(__name__)
@@ -133,4 +133,4 @@ def make_backend(name: str, ray_address: str | None = None) -> Backend:
         return LocalBackend()
     if name == "ray":
         return RayBackend(ray_address)
-    raise UsageError(f"--backend: {name!r} is not valid; expected one of {list(BACKENDS)}")
+    raise bad("--backend", name, f"one of {list(BACKENDS)}")

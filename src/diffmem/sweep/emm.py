@@ -37,7 +37,7 @@ from diffmem.artefacts import (
 )
 from diffmem.config import EMMConfig, to_dict
 from diffmem.data.sources import absolute_spec
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
@@ -325,27 +325,24 @@ def next_trainings(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]]) -> 
 def validate(cfg: EMMConfig) -> None:
     """Refuse an EMM config that cannot run, naming the field and what is expected (before any work)."""
     if not 0 < cfg.epsilon < 1:
-        raise UsageError(f"epsilon: {cfg.epsilon!r} is not valid; expected a number in (0, 1)")
+        raise bad("epsilon", cfg.epsilon, "a number in (0, 1)")
     if cfg.n_samples < 1:
-        raise UsageError(f"n_samples: {cfg.n_samples!r} is not valid; expected an integer ≥ 1")
+        raise bad("n_samples", cfg.n_samples, "an integer ≥ 1")
     if cfg.repeats < 1:
-        raise UsageError(f"repeats: {cfg.repeats!r} is not valid; expected an integer ≥ 1")
+        raise bad("repeats", cfg.repeats, "an integer ≥ 1")
     if cfg.measure.copying_cells < 0:
-        raise UsageError(f"measure.copying_cells: {cfg.measure.copying_cells!r} is not valid; expected a number of "
-                         "k-means cells ≥ 1, or 0 for the default")
+        raise bad("measure.copying_cells", cfg.measure.copying_cells,
+                  "a number of k-means cells ≥ 1, or 0 for the default")
     if cfg.measure.copying_tau is not None and not 0 < cfg.measure.copying_tau <= 1:
-        raise UsageError(f"measure.copying_tau: {cfg.measure.copying_tau!r} is not valid; expected the fraction of "
-                         "samples a cell needs, in (0, 1]")
+        raise bad("measure.copying_tau", cfg.measure.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
     if cfg.heldout < 0:
-        raise UsageError(f"heldout: {cfg.heldout!r} is not valid; expected a number of held-out images ≥ 0 "
-                         "(0 = no held-out baseline)")
+        raise bad("heldout", cfg.heldout, "a number of held-out images ≥ 0 (0 = no held-out baseline)")
     if cfg.refine_repeats < 0:
-        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid; expected an integer ≥ 0")
+        raise bad("refine_repeats", cfg.refine_repeats, "an integer ≥ 0")
     if cfg.sizes is not None and (not cfg.sizes or min(cfg.sizes) < 1):
-        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid; expected a list of sizes ≥ 1")
+        raise bad("sizes", list(cfg.sizes), "a list of sizes ≥ 1")
     if cfg.sizes is None and not (1 <= cfg.size_min <= cfg.size_max):
-        raise UsageError(f"size_min, size_max: [{cfg.size_min}, {cfg.size_max}] is not valid; "
-                         "expected 1 ≤ size_min ≤ size_max")
+        raise bad("size_min, size_max", [cfg.size_min, cfg.size_max], "1 ≤ size_min ≤ size_max")
     if cfg.frontier:
         _validate_frontier(cfg)
 
@@ -354,21 +351,20 @@ def _validate_frontier(cfg: EMMConfig) -> None:
     """Frontier mode: the budgets are the multiples of train.snapshot_kimg up to train.kimg."""
     t = cfg.train
     if cfg.sizes is not None:
-        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid with frontier: true; expected null (the frontier "
-                         "search chooses the sizes)")
+        raise bad("sizes", list(cfg.sizes), "null with frontier: true (the frontier search chooses the sizes)")
     if cfg.refine_repeats:
-        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid with frontier: true; expected 0")
+        raise bad("refine_repeats", cfg.refine_repeats, "0 with frontier: true")
     if t.kimg is None or t.epochs is not None:
-        raise UsageError(f"train.epochs: {t.epochs!r} is not valid with frontier: true; expected null and the "
-                         "duration in train.kimg (the budget, the same for every size)")
+        raise bad("train.epochs", t.epochs, "null with frontier: true, and the duration in train.kimg (the budget, "
+                  "the same for every size)")
     if t.snapshot_kimg is None or not t.snapshot_kimg > 0:
-        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected the "
-                         "spacing of the budgets in kimg (a snapshot at each)")
+        raise bad("train.snapshot_kimg", t.snapshot_kimg, "the spacing of the budgets in kimg with frontier: true "
+                  "(a snapshot at each)")
     k = t.kimg / t.snapshot_kimg
     if abs(k - round(k)) > 1e-6 or round(k) < 2:
-        raise UsageError(f"train.kimg: {t.kimg!r} is not valid with frontier: true; expected a multiple (≥ 2) of "
-                         f"train.snapshot_kimg ({t.snapshot_kimg:g}), the final budget")
+        raise bad("train.kimg", t.kimg, f"a multiple (≥ 2) of train.snapshot_kimg ({t.snapshot_kimg:g}) with "
+                  "frontier: true, the final budget")
     steps = t.snapshot_kimg * 1000 / t.batch
     if abs(steps - round(steps)) > 1e-6:
-        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected a "
-                         f"whole number of steps of train.batch {t.batch} images, so snapshots fall on the budgets")
+        raise bad("train.snapshot_kimg", t.snapshot_kimg, f"a whole number of steps of train.batch {t.batch} images "
+                  "with frontier: true, so snapshots fall on the budgets")

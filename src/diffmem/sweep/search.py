@@ -15,15 +15,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 
 
 def geometric_grid(size_min: int, size_max: int, factor: float) -> list[int]:
     """Integer sizes from size_min to size_max, evenly spaced in log size, neighbours at most ``factor`` apart."""
     if size_min < 1 or size_max < size_min:
-        raise UsageError(f"size range: [{size_min}, {size_max}] is not valid; expected 1 ≤ size_min ≤ size_max")
+        raise bad("size_min, size_max", [size_min, size_max], "1 ≤ size_min ≤ size_max")
     if not factor > 1:
-        raise UsageError(f"grid_factor: {factor!r} is not valid; expected a number > 1")
+        raise bad("grid_factor", factor, "a number > 1")
     if size_max == size_min:
         return [size_min]
     steps = max(1, math.ceil(math.log(size_max / size_min) / math.log(factor) - 1e-9))
@@ -91,9 +91,9 @@ def next_sizes(
     ends:           measure size_min and size_max first (both ends of the transition; ≤ 2 more)
     """
     if not bracket_factor > 1:
-        raise UsageError(f"bracket_factor: {bracket_factor!r} is not valid; expected a number > 1")
+        raise bad("bracket_factor", bracket_factor, "a number > 1")
     if parallel < 1:
-        raise UsageError(f"parallel: {parallel!r} is not valid; expected an integer ≥ 1")
+        raise bad("parallel", parallel, "an integer ≥ 1")
     if ends:
         first = [s for s in dict.fromkeys((size_min, size_max)) if s not in ratios]
         if first:

@@ -28,7 +28,7 @@ from typing import Any
 
 from diffmem.artefacts import atomic_write_json, check_new_dir, config_hash, dir_lock, read_manifest, write_manifest
 from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.emm import EMMResult, run_emm
 from diffmem.sweep.synthetic import SyntheticCurve
@@ -82,8 +82,8 @@ def value_fields(factors: dict[str, Any]) -> dict[str, Any]:
     for name, value in factors.items():
         fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
         if not fields:
-            raise UsageError(f"factors.{name}: {value!r} is not valid; expected an object of at least one "
-                             "dotted field, e.g. {\"data.labels\": \"unique\"}")
+            raise bad(f"factors.{name}", value,
+                      'an object of at least one dotted field, e.g. {"data.labels": "unique"}')
         out.update(fields)
     return out
 
@@ -114,14 +114,14 @@ def derived_text(cfg: StudyConfig, factors: dict[str, Any]) -> str:
 def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
     """Every combination of factor values and the EMM config it gives."""
     if cfg.mode not in ("emm", "ratio"):
-        raise UsageError(f"mode: {cfg.mode!r} is not valid; expected emm or ratio")
+        raise bad("mode", cfg.mode, "emm or ratio")
     if cfg.mode == "ratio" and not cfg.base.sizes:
         raise UsageError("base.sizes: mode 'ratio' needs the fixed sizes to measure (e.g. [128, 256, 512])")
     if cfg.mode == "emm" and cfg.base.sizes:
         raise UsageError("base.sizes: mode 'emm' searches the sizes; remove 'sizes' or use mode 'ratio'")
     for name, values in cfg.factors.items():
         if not isinstance(values, tuple) or not values:
-            raise UsageError(f"factors.{name}: {values!r} is not valid; expected a non-empty list of values")
+            raise bad(f"factors.{name}", values, "a non-empty list of values")
     names = list(cfg.factors)
     out = []
     seen: dict[str, dict[str, Any]] = {}
