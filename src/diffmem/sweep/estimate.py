@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from diffmem.errors import bad
 from diffmem.sweep.search import find_bracket
 
 
@@ -24,7 +25,7 @@ def student_t_quantile(confidence: float, df: int) -> float:
     from scipy.stats import t
 
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence: {confidence!r} is not valid; expected a number in (0, 1)")
+        raise bad("confidence", confidence, "a number in (0, 1)")  # a UsageError, which is a ValueError
     return float(t.ppf(0.5 + confidence / 2, df))
 
 
