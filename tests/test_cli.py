@@ -274,3 +274,12 @@ def test_report_json_names_the_files_written(tmp_path, capsys):
     assert (r["html"], r["markdown"]) == (str(out / "report.html"), str(out / "report.md"))
     md = (out / "report.md").read_text()
     assert r["figures"] and all(Path(f).is_file() and f"figures/{Path(f).name}" in md for f in r["figures"])
+
+
+def test_the_parser_loads_no_heavy_library():
+    """`diffmem --help` (every command's parser) imports neither torch, matplotlib, scipy nor scikit-learn: the
+    modules that need them import them when a command runs."""
+    code = ("import sys; from diffmem.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'scipy', 'sklearn', 'faiss', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -18,8 +18,9 @@ from diffmem.cli.common import (
 )
 from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
-from diffmem.devices import resolve_device
+from diffmem.data.convert import Conversion
 from diffmem.errors import UsageError
+from diffmem.io import load_images
 
 HELP = "memorization ratio of generated samples against a training set (exact NN₁/NN₂, Wilson interval)"
 EXAMPLES = (
@@ -71,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
+    from diffmem.devices import resolve_device  # the measurement's modules import torch: only when measuring
     from diffmem.measure.heldout import check_copying_config
 
     tau = parse_fraction(args.tau, "--tau") if args.tau is not None else None
@@ -90,9 +92,7 @@ def _config(args: argparse.Namespace) -> MeasureConfig:
     return cfg
 
 
-def _conversion(args: argparse.Namespace):
-    from diffmem.data.convert import Conversion
-
+def _conversion(args: argparse.Namespace) -> Conversion:
     conv = Conversion(resize=args.resize, channels=args.channels, resample=args.resample)
     conv.check()
     return conv
@@ -150,9 +150,7 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _load(path: str, option: str, conv):
-    from diffmem.io import load_images
-
+def _load(path: str, option: str, conv: Conversion):
     try:
         return load_images(path, None if conv.identity else conv, hint=SHAPE_FLAGS)
     except UsageError as e:
@@ -175,7 +173,7 @@ def _check_shapes(option: str, shape: tuple[int, ...], train_shape: tuple[int, .
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.measure import measure, prepare_train, write_measurement
+    from diffmem.measure import measure, prepare_train, write_measurement  # torch: only when measuring
     from diffmem.measure.heldout import prepare_heldout
     from diffmem.measure.outputs import full_summary
     from diffmem.measure.tables import TableNames

@@ -24,6 +24,7 @@ from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options,
 from diffmem.config import SampleConfig
 from diffmem.data import load_dataset
 from diffmem.errors import UsageError, bad
+from diffmem.io import sample_file_name, save_image_folder, save_image_set
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> SampleConfig:
-    from diffmem.sample import check_sample_config
+    from diffmem.sample import check_sample_config  # the sampler imports torch: only when sampling
 
     steps = SampleConfig().steps if args.steps is None or args.diffusers is not None else args.steps
     cfg = SampleConfig(solver=args.solver, steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
@@ -116,7 +117,7 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
 
 
 def _trained(args: argparse.Namespace, cfg: SampleConfig):
-    from diffmem.devices import resolve_device
+    from diffmem.devices import resolve_device  # torch: only when sampling
     from diffmem.train.checkpoints import load_denoiser
 
     device = resolve_device(cfg.device)
@@ -139,8 +140,7 @@ def _out_is_dir(out: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.io import sample_file_name, save_image_folder, save_image_set
-    from diffmem.sample import generate
+    from diffmem.sample import generate  # torch: only when sampling
     from diffmem.sample.labels import check_label
 
     cfg = _config(args)

@@ -128,7 +128,7 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.train import list_snapshots, train  # torch: only when a command trains
+    from diffmem.train import list_snapshots, train  # torch: only when the command runs
     from diffmem.train.distributed import world
     from diffmem.train.loop import resolve_configs
 

@@ -21,6 +21,7 @@ import torch
 from diffmem.errors import UsageError, bad
 from diffmem.measure.exact import exact_sq_dist, rerank, score_error_bound
 from diffmem.measure.vectors import TrainIndex, sq_norms
+from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ def fast_candidates(
     out_score = np.empty((n, k), np.float32)
     bar = None
     if progress:
-        from diffmem.progress import progress_bar
-
         bar = progress_bar(-(-n // nq) * scorer.n_blocks(), "nearest-neighbour blocks", "block")
     with full_precision(), torch.inference_mode():
         for i in range(0, n, nq):

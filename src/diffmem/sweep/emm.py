@@ -118,7 +118,7 @@ def heldout_point(p: Point, rows: list[dict[str, Any]], confidence: float) -> di
     """A size's held-out numbers: the held-out ratio pooled over its runs (the 1/3 rule's false-positive rate
     on held-out images of this size's source) with its Wilson interval, and C_T at each run's best snapshot
     (the mean over runs); nothing when the runs have no held-out baseline."""
-    from diffmem.measure import wilson_interval
+    from diffmem.measure import wilson_interval  # diffmem.measure imports torch: only when a row has held-out data
 
     k = n = 0
     c_t = []

@@ -22,7 +22,7 @@ from diffmem.sweep.search import find_bracket
 
 def student_t_quantile(confidence: float, df: int) -> float:
     """Two-sided quantile of Student's t: P(|T| ≤ q) = confidence with ``df`` degrees of freedom."""
-    from scipy.stats import t
+    from scipy.stats import t  # scipy.stats takes a second to import: only with repeats to pool
 
     if not 0 < confidence < 1:
         raise bad("confidence", confidence, "a number in (0, 1)")  # a UsageError, which is a ValueError
@@ -31,7 +31,7 @@ def student_t_quantile(confidence: float, df: int) -> float:
 
 def wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion k/n."""
-    from diffmem.measure import wilson_interval
+    from diffmem.measure import wilson_interval  # diffmem.measure imports torch: only when intervals are computed
 
     return wilson_interval(int(k), int(n), confidence)
 

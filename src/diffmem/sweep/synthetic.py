@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from diffmem.sweep.estimate import wilson
+
 
 @dataclass(frozen=True)
 class SyntheticCurve:
@@ -51,8 +53,6 @@ def _seed(*parts: Any) -> int:
 
 def synthetic_rows(spec) -> list[dict[str, Any]]:
     """Rows of a synthetic job (same keys as a training job's)."""
-    from diffmem.sweep.estimate import wilson
-
     c = spec.config
     curve = SyntheticCurve(**{k: tuple(v) if isinstance(v, list) else v for k, v in c["curve"].items()})
     n = int(c["n_samples"])
