@@ -70,11 +70,11 @@ def test_resume_after_a_kill_redoes_nothing_finished(tmp_path):
 def test_a_directory_of_another_config_is_refused(tmp_path):
     run_emm(CFG, tmp_path / "e", synthetic=CURVE)
     other = EMMConfig(n_samples=500, size_min=64, size_max=1024, optimal=False)
-    with pytest.raises(UsageError, match="different config"):
+    with pytest.raises(UsageError, match=r"--out: '.*e' holds an EMM search of a different config \(stage 'emm'\)"):
         run_emm(other, tmp_path / "e", synthetic=CURVE)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "stray.txt").write_text("x")
-    with pytest.raises(UsageError, match=r"expected a new directory, or an EMM directory to resume \(it holds 1 "
+    with pytest.raises(UsageError, match=r"expected a new directory, or an EMM search directory to resume \(it holds 1 "
                                          r"entry: stray.txt\)"):
         run_emm(CFG, tmp_path / "x", synthetic=CURVE)
 

@@ -200,3 +200,18 @@ def test_the_lr_scaled_with_the_batch_is_shown_wherever_the_config_is(tmp_path, 
         assert resolved["train"]["batch"] == b and resolved["train"]["lr"] == pytest.approx(lr)
     values = json.loads((tmp_path / "st" / "study.json").read_text())["values"]
     assert "derived" not in values[0] and values[1]["derived"] == {"train.lr": pytest.approx(8e-3)}
+
+
+def test_a_study_directory_resumes_only_its_own_study(tmp_path):
+    cfg = StudyConfig(base=BASE, factors={"model.channels": (16,)}, mode="emm", name="w")
+    curves = {value_slug({"model.channels": 16}): SyntheticCurve(noise=False)}
+    run_study(cfg, tmp_path / "st", synthetic=curves)
+    run_study(cfg, tmp_path / "st", synthetic=curves)  # the same study: resumed
+    other = StudyConfig(base=BASE, factors={"model.channels": (8,)}, mode="emm", name="w")
+    with pytest.raises(UsageError, match=r"holds a study of a different config \(stage 'study'\)"):
+        run_study(other, tmp_path / "st", synthetic={value_slug({"model.channels": 8}): SyntheticCurve()})
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("")
+    with pytest.raises(UsageError, match=r"expected a new directory, or a study directory to resume \(it holds 1 "
+                                         r"entry: notes.txt\)"):
+        run_study(cfg, tmp_path / "x", synthetic=curves)

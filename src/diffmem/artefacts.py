@@ -188,6 +188,20 @@ def check_new_dir(out: str | os.PathLike, option: str = "--out", *, keep: tuple[
     return out
 
 
+def check_resumable(out: str | os.PathLike, ident: Any, what: str, *, keep: tuple[str, ...] = (),
+                    option: str = "--out") -> dict[str, Any] | None:
+    """``out`` for a resumable stage whose identity is ``ident``: a directory holding that stage's own work
+    (its manifest, returned), or a new or empty one (:func:`check_new_dir`, entries in ``keep`` aside). A
+    manifest of anything else is refused in one line that names ``what`` the stage is ("an EMM search")."""
+    m = read_manifest(out)
+    if m is not None and m.get("config_hash") != config_hash(ident):
+        raise UsageError(f"{option}: {os.fspath(out)!r} holds {what} of a different config (stage "
+                         f"{m.get('stage')!r}); choose a new directory or rerun with the same config to resume")
+    if m is None:
+        check_new_dir(out, option, keep=keep, expected=f"a new directory, or {what} directory to resume")
+    return m
+
+
 def check_new_file(path: str | os.PathLike, option: str = "--out", expected: str = "a file name") -> Path:
     """``path`` as a file to write (a new one, or one to replace): not a directory, and not below a file."""
     given, path = os.fspath(path), Path(path)

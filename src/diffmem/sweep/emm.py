@@ -26,18 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import (
-    atomic_write_json,
-    check_new_dir,
-    config_hash,
-    dir_lock,
-    read_manifest,
-    to_jsonable,
-    write_manifest,
-)
+from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, to_jsonable, write_manifest
 from diffmem.config import EMMConfig, to_dict
 from diffmem.data.sources import absolute_spec
-from diffmem.errors import UsageError, bad
+from diffmem.errors import bad
 from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
@@ -167,12 +159,7 @@ def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
 
 def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> dict[str, Any]:
     ident = {"emm": to_dict(cfg), "synthetic": to_dict(synthetic) if synthetic else None}
-    m = read_manifest(out)
-    if m is not None and m.get("config_hash") != config_hash(ident):
-        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
-                         "choose a new directory or rerun with the same config to resume")
-    if m is None:
-        check_new_dir(out, keep=("jobs", ".lock"), expected="a new directory, or an EMM directory to resume")
+    check_resumable(out, ident, "an EMM search", keep=("jobs", ".lock"))
     return ident
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, check_new_dir, config_hash, dir_lock, read_manifest, write_manifest
+from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, write_manifest
 from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
 from diffmem.errors import UsageError, bad
 from diffmem.sweep.backends import Backend, LocalBackend
@@ -152,12 +152,7 @@ def run_study(
     out = Path(out)
     plan = expand(cfg)
     ident = {"study": to_dict(cfg), "synthetic": {k: to_dict(v) for k, v in (synthetic or {}).items()} or None}
-    m = read_manifest(out)
-    if m is not None and m.get("config_hash") != config_hash(ident):
-        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
-                         "choose a new directory or rerun with the same config to resume")
-    if m is None:
-        check_new_dir(out, keep=("jobs", "values", ".lock"), expected="a new directory, or a study directory to resume")
+    check_resumable(out, ident, "a study", keep=("jobs", "values", ".lock"))
     backend = backend or LocalBackend()
     with dir_lock(out):
         atomic_write_json(out / "config.json", to_dict(cfg))
