@@ -283,3 +283,36 @@ def test_the_parser_loads_no_heavy_library():
             "print(sorted(m for m in ('torch', 'matplotlib', 'scipy', 'sklearn', 'faiss', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_missing_extras_are_one_line_naming_them(monkeypatch, tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if the extra were not installed
+    assert main(["measure", "--samples", str(data), "--train", str(data), "--backend", "faiss"]) == 2
+    assert "--backend faiss: needs the faiss package, which is not installed; install the [faiss] extra" in \
+        capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["emm", "--preset", "digits", "--synthetic", "300", "--out", str(tmp_path / "e"), "--backend",
+                 "ray"]) == 2
+    assert "--backend ray: needs the ray package, which is not installed; install the [ray] extra" in \
+        capsys.readouterr().err
+
+
+def test_choices_the_parser_lists_are_the_librarys():
+    """Where the parser cannot import the library's table (it would load torch at --help), its choices are checked
+    against the table here: a solver, distance, search backend or scheduler added to one is added to the other."""
+    from diffmem.data.build import LABEL_MODES
+    from diffmem.measure.knn import BACKENDS as SEARCH_BACKENDS
+    from diffmem.measure.vectors import DISTANCES
+    from diffmem.sample.diffusers import SCHEDULERS
+    from diffmem.sample.solvers import SOLVERS
+    from diffmem.sweep.backends import BACKENDS
+
+    subs = _subparsers(build_parser())
+    assert set(_action(subs["sample"], "--solver").choices) == set(SOLVERS)
+    assert set(_action(subs["sample"], "--scheduler").choices) == {"saved", *SCHEDULERS}
+    assert set(_action(subs["measure"], "--distance").choices) == set(DISTANCES)
+    assert set(_action(subs["measure"], "--backend").choices) == set(SEARCH_BACKENDS)
+    assert tuple(_action(subs["data"], "--labels").choices) == LABEL_MODES
+    assert tuple(_action(subs["emm"], "--backend").choices) == BACKENDS

@@ -9,6 +9,7 @@ from diffmem.artefacts import is_complete, read_manifest
 from diffmem.cli.common import add_json_argument, add_progress_argument, add_threads_argument, print_json, show_progress
 from diffmem.config import DataConfig
 from diffmem.data import build_dataset
+from diffmem.data.build import LABEL_MODES
 from diffmem.data.resize import RESAMPLE_FILTERS
 from diffmem.data.sources import SOURCE_FORMS
 
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, metavar="SRC", help=f"where the images come from: {SOURCE_FORMS}")
     parser.add_argument("--size", type=int, metavar="N", help="images to keep, class-balanced (default: all)")
     parser.add_argument("--classes", type=int, metavar="C", help="keep only the first C classes of the source")
-    parser.add_argument("--labels", default=d.labels, choices=("true", "none", "random", "unique"),
+    parser.add_argument("--labels", default=d.labels, choices=LABEL_MODES,
                         help="true labels, none, random labels from K classes, or one label per image "
                              f"(default: {d.labels})")
     parser.add_argument("--label-classes", type=int, metavar="K", help="K for --labels random")

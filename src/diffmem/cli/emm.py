@@ -23,6 +23,7 @@ from diffmem.errors import UsageError, bad
 from diffmem.fmt import pct, size
 from diffmem.report import render_report
 from diffmem.sweep import make_backend, run_emm
+from diffmem.sweep.backends import BACKENDS
 from diffmem.sweep.emm import max_trainings, validate
 from diffmem.sweep.frontier import frontier_budgets, frontier_table, max_budget_searches
 from diffmem.sweep.law import law_lines
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``emm`` and ``study``."""
     parser.add_argument("--out", required=True, metavar="DIR", help="the sweep directory (rerun on it to resume)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="run jobs here one after another (local) or as Ray tasks (ray)")
     parser.add_argument("--ray-address", metavar="ADDRESS",
                         help="an existing Ray cluster (e.g. auto or ray://host:10001); default: a local Ray instance")

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from diffmem.errors import UsageError, bad
+from diffmem.extras import require
 from diffmem.measure.exact import exact_sq_dist, rerank, score_error_bound
 from diffmem.measure.vectors import TrainIndex, sq_norms
 from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
+BACKENDS = ("torch", "faiss")  # the fast stage: torch matrix products, or a FAISS flat index ([faiss] extra)
 
 MAX_BLOCK_ROWS = 4096  # training rows per matrix product (a good GEMM shape on 2 CPU cores)
 MAX_QUERY_ROWS = 2048  # query rows per matrix product
@@ -169,11 +171,7 @@ def widen(
 
 def faiss_candidates(queries: np.ndarray, index: TrainIndex, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates from a FAISS IndexFlatL2 over the distinct rows: (ids n×k, float32 ‖a−b‖² n×k)."""
-    try:
-        import faiss
-    except ImportError as e:
-        raise UsageError("--backend: 'faiss' needs the faiss package; install diffmem[faiss] "
-                         "or use --backend torch") from e
+    faiss = require("faiss", "faiss", "--backend faiss")
     flat = faiss.IndexFlatL2(index.dim)
     rows = index.vectors[index.unique_ids] if index.n_unique < index.n else index.vectors
     flat.add(np.ascontiguousarray(rows, dtype=np.float32))
@@ -186,7 +184,7 @@ def search(
     index: TrainIndex,  # prepared training set (see vectors.prepare_train)
     *,
     candidates: int = 8,  # rows kept per query by the fast stage before the exact re-rank
-    backend: str = "torch",  # torch | faiss
+    backend: str = "torch",  # one of BACKENDS
     device: torch.device | str = "cpu",
     memory_mb: int = 1024,  # working-memory budget of the fast stage
     progress: bool = False,
@@ -207,7 +205,7 @@ def search(
         cand_ids, cand_score = faiss_candidates(queries, index, k)
         offset = np.zeros_like(q_sq)
     else:
-        raise bad("--backend", backend, "torch or faiss")
+        raise bad("--backend", backend, " or ".join(BACKENDS))
     ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq, backend == "faiss")
     todo = np.flatnonzero(~certified)
     if todo.size:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmem.errors import RunError, UsageError, bad
+from diffmem.extras import require
 from diffmem.sweep.jobs import JobSpec, job_dir, read_result, run_job
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,7 @@ class RayBackend(Backend):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        try:
-            import ray
-        except ImportError as e:
-            raise UsageError("--backend: 'ray' needs the ray package; install diffmem[ray]") from e
+        ray = require("ray", "ray", "--backend ray")
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
