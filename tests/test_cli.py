@@ -316,3 +316,30 @@ def test_choices_the_parser_lists_are_the_librarys():
     assert set(_action(subs["measure"], "--backend").choices) == set(SEARCH_BACKENDS)
     assert tuple(_action(subs["data"], "--labels").choices) == LABEL_MODES
     assert tuple(_action(subs["emm"], "--backend").choices) == BACKENDS
+
+
+def test_the_architecture_page_names_modules_and_functions_that_exist():
+    """docs/ARCHITECTURE.md stays true: every module it names exists and every module is placed (by name, or
+    by its folder for nn/, train/ and cli/), and every `module.name` it cites is defined there."""
+    import importlib
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    src = ROOT / "src" / "diffmem"
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))  # inline code, not the diagram
+    tests = {s for s in spans if s.startswith("tests/")}
+    assert tests and all((ROOT / p).is_file() for p in tests), tests
+    named = {s for s in spans if s.endswith(".py")} - tests
+    assert named and all((src / p).is_file() for p in named), sorted(p for p in named if not (src / p).is_file())
+    folders = {s for s in spans if s.endswith("/")} & {"nn/", "train/", "cli/"}  # placed as a whole
+    for p in src.rglob("*.py"):
+        rel = p.relative_to(src).as_posix()
+        if p.name not in ("__init__.py", "__main__.py"):
+            assert rel in text or rel.split("/")[0] + "/" in folders, f"{rel} is not placed in docs/ARCHITECTURE.md"
+    # `package/module.name` or `module.name` of a top-level module (`train.lr` and the like are config paths)
+    cited = [s for s in spans if re.fullmatch(r"[a-z_/]+\.[A-Za-z_]+", s) and not s.endswith(".py")
+             and (src / (s.split(".")[0] + ".py")).is_file()]
+    assert len(cited) > 10
+    for s in cited:
+        module, name = s.rsplit(".", 1)
+        mod = importlib.import_module("diffmem." + module.replace("/", "."))
+        assert hasattr(mod, name), s
