@@ -52,14 +52,14 @@ KILLER = textwrap.dedent("""
             return real_fsync(fd)
         os.fsync = fsync
     elif kind == "job":
-        import diffmem.sweep.synthetic as synthetic
-        real_rows = synthetic.synthetic_rows
+        import diffmem.sweep.jobs as jobs
+        real_rows = jobs.synthetic_rows
 
         def synthetic_rows(spec):
             if hit():
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_rows(spec)
-        synthetic.synthetic_rows = synthetic_rows
+        jobs.synthetic_rows = synthetic_rows
     elif kind == "trainjob":
         import diffmem.sweep.jobs as jobs
         real_job = jobs._train_job
