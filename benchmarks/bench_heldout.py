@@ -32,7 +32,7 @@ QUICK = ("digits, 512 training images",)
 def images(case: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     if case["shape"] == "digits":
-        from diffmem.data.sources import load_digits
+        from diffmem.data.digits import load_digits
 
         src = load_digits().images[rng.permutation(1797)]
         t = src[:case["n_train"]]

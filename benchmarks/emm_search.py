@@ -74,7 +74,8 @@ def single_searches(args) -> None:
                     closed = br.low is not None and br.high is not None
                     near += closed and br.low <= emm * 1.05 and br.high >= emm / 1.05
                     n = args.n_samples
-                    e = estimate([pool(s, [RepeatResult(0, r, round(r * n), n, 4.0)]) for s, r in ratios.items()], T)
+                    e = estimate([pool(s, [RepeatResult(0, r, round(r * n), n, 4.0)], 0.95)
+                                  for s, r in ratios.items()], T)
                     lo, hi = e.ci
                     covered += lo is not None and hi is not None and lo <= emm <= hi
                     if e.emm is not None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from diffmem.cli import main
-from diffmem.data.sources import load_digits
+from diffmem.data.digits import load_digits
 from test_data_sources import write_edm_zip
 
 

@@ -170,7 +170,7 @@ CASES = {
     "sample-out-not-npz": (["sample", "--optimal", "{gray8}", "--n", "2", "--out", "{out}/s.png"], "--out", 2),
     "sample-run-and-optimal": (["sample", "--optimal", "{gray8}", "--run", "{gray8}", *S], "--run", 2),
     "sample-out-dir-not-empty": (["sample", "--optimal", "{gray8}", "--n", "2", "--out", "{badpng}/"],
-                                 "--out: '{badpng}/' exists", 2),
+                                 "--out: '{badpng}/' is not valid; expected a new or empty directory", 2),
     # measure
     "measure-missing-samples": (["measure", "--samples", "{missing}", "--train", "{gray8}"], "{missing}", 2),
     "measure-missing-train": (["measure", "--samples", "{gray8}", "--train", "{missing}"], "{missing}", 2),

@@ -118,12 +118,12 @@ def test_every_documented_command_line_parses(where, line, capsys):
 
 SHARED = {  # option → the commands it is on (sample and measure keep their own options for now)
     "--debug": set(COMMANDS),
-    "--json": {"data", "train", "emm", "study", "report"},
-    "--no-progress": {"data", "train", "emm", "study"},
-    "--threads": {"data", "train", "emm", "study"},
+    "--json": {"data", "train", "sample", "measure", "emm", "study", "report"},
+    "--no-progress": {"data", "train", "sample", "measure", "emm", "study"},
+    "--threads": {"data", "train", "sample", "measure", "emm", "study"},
     "--dry-run": {"train", "emm", "study"},
 }
-OWN = {"sample", "measure"}
+OWN: set[str] = set()  # commands whose option of a shared name is their own (none)
 
 
 def _action(parser: argparse.ArgumentParser, option: str):
@@ -191,6 +191,9 @@ def _quick(command: str, tmp_path: Path) -> list[str]:
     return {
         "data": ["data", "--source", "digits", "--size", "16", "--out", str(tmp_path / "ds")],
         "train": ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "digits", "--dry-run"],
+        "sample": ["sample", "--optimal", str(data), "--n", "4", "--steps", "2", "--device", "cpu", "--out",
+                   str(tmp_path / "s.npz")],
+        "measure": ["measure", "--samples", str(data), "--train", str(data), "--device", "cpu"],
         "emm": ["emm", "--preset", "digits", "--out", str(tmp_path / "e"), "--dry-run"],
         "study": ["study", "--config", str(_study_file(tmp_path)), "--out", str(tmp_path / "s"), "--dry-run"],
     }[command]
@@ -227,27 +230,29 @@ def test_threads_with_the_ray_backend_is_refused_before_any_work(tmp_path, resto
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # no Ray instance was started
 
 
-@pytest.mark.parametrize("command", ["data", "emm", "study", pytest.param("train", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("command", ["data", "sample", "measure", "emm", "study",
+                                     pytest.param("train", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("hide", [False, True])
 def test_no_progress_hides_the_bars_that_a_terminal_shows(command, hide, tmp_path, monkeypatch, capsys):
     """With stderr a terminal the long stages draw a bar there; --no-progress draws none. stdout never gets one."""
-    from diffmem.sweep import study as study_mod
+    import diffmem.cli.study
+    from diffmem.sweep.study import run_study
     from diffmem.sweep.synthetic import SyntheticCurve
 
-    real_run_study = study_mod.run_study
-
     def synthetic_study(cfg, out, **kw):  # the real command line, known curves instead of trainings
-        return real_run_study(cfg, out, synthetic={"model.channels=8": SyntheticCurve(emm=100.0, noise=False),
-                                                    "model.channels=16": SyntheticCurve(emm=200.0, noise=False)},
-                              **kw)
+        return run_study(cfg, out, synthetic={"model.channels=8": SyntheticCurve(emm=100.0, noise=False),
+                                               "model.channels=16": SyntheticCurve(emm=200.0, noise=False)}, **kw)
 
-    monkeypatch.setattr(study_mod, "run_study", synthetic_study)
+    monkeypatch.setattr(diffmem.cli.study, "run_study", synthetic_study)
     data = tmp_path / "d.npz"
     np.savez(data, images=np.random.default_rng(0).integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
     argv = {
         "data": ["data", "--source", "shapes:res=8,classes=2,n=2600", "--out", str(tmp_path / "ds")],  # ≥ 2,048: a bar
         "train": ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "digits", "--channels", "8",
                   "--batch", "8", "--kimg", "0.032", "--device", "cpu"],
+        "sample": ["sample", "--optimal", str(data), "--n", "8", "--steps", "2", "--device", "cpu", "--out",
+                   str(tmp_path / "s.npz")],
+        "measure": ["measure", "--samples", str(data), "--train", str(data), "--device", "cpu"],
         "emm": ["emm", "--preset", "digits", "--synthetic", "300", "--out", str(tmp_path / "e"), "--no-report"],
         "study": ["study", "--config", str(_study_file(tmp_path)), "--out", str(tmp_path / "s"), "--no-report"],
     }[command]
@@ -269,3 +274,72 @@ def test_report_json_names_the_files_written(tmp_path, capsys):
     assert (r["html"], r["markdown"]) == (str(out / "report.html"), str(out / "report.md"))
     md = (out / "report.md").read_text()
     assert r["figures"] and all(Path(f).is_file() and f"figures/{Path(f).name}" in md for f in r["figures"])
+
+
+def test_the_parser_loads_no_heavy_library():
+    """`diffmem --help` (every command's parser) imports neither torch, matplotlib, scipy nor scikit-learn: the
+    modules that need them import them when a command runs."""
+    code = ("import sys; from diffmem.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'scipy', 'sklearn', 'faiss', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_missing_extras_are_one_line_naming_them(monkeypatch, tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).integers(0, 256, (8, 1, 8, 8), dtype=np.uint8))
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if the extra were not installed
+    assert main(["measure", "--samples", str(data), "--train", str(data), "--backend", "faiss"]) == 2
+    assert "--backend faiss: needs the faiss package, which is not installed; install the [faiss] extra" in \
+        capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["emm", "--preset", "digits", "--synthetic", "300", "--out", str(tmp_path / "e"), "--backend",
+                 "ray"]) == 2
+    assert "--backend ray: needs the ray package, which is not installed; install the [ray] extra" in \
+        capsys.readouterr().err
+
+
+def test_choices_the_parser_lists_are_the_librarys():
+    """Where the parser cannot import the library's table (it would load torch at --help), its choices are checked
+    against the table here: a solver, distance, search backend or scheduler added to one is added to the other."""
+    from diffmem.data.build import LABEL_MODES
+    from diffmem.measure.knn import BACKENDS as SEARCH_BACKENDS
+    from diffmem.measure.vectors import DISTANCES
+    from diffmem.sample.diffusers import SCHEDULERS
+    from diffmem.sample.solvers import SOLVERS
+    from diffmem.sweep.backends import BACKENDS
+
+    subs = _subparsers(build_parser())
+    assert set(_action(subs["sample"], "--solver").choices) == set(SOLVERS)
+    assert set(_action(subs["sample"], "--scheduler").choices) == {"saved", *SCHEDULERS}
+    assert set(_action(subs["measure"], "--distance").choices) == set(DISTANCES)
+    assert set(_action(subs["measure"], "--backend").choices) == set(SEARCH_BACKENDS)
+    assert tuple(_action(subs["data"], "--labels").choices) == LABEL_MODES
+    assert tuple(_action(subs["emm"], "--backend").choices) == BACKENDS
+
+
+def test_the_architecture_page_names_modules_and_functions_that_exist():
+    """docs/ARCHITECTURE.md stays true: every module it names exists and every module is placed (by name, or
+    by its folder for nn/, train/ and cli/), and every `module.name` it cites is defined there."""
+    import importlib
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    src = ROOT / "src" / "diffmem"
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))  # inline code, not the diagram
+    tests = {s for s in spans if s.startswith("tests/")}
+    assert tests and all((ROOT / p).is_file() for p in tests), tests
+    named = {s for s in spans if s.endswith(".py")} - tests
+    assert named and all((src / p).is_file() for p in named), sorted(p for p in named if not (src / p).is_file())
+    folders = {s for s in spans if s.endswith("/")} & {"nn/", "train/", "cli/"}  # placed as a whole
+    for p in src.rglob("*.py"):
+        rel = p.relative_to(src).as_posix()
+        if p.name not in ("__init__.py", "__main__.py"):
+            assert rel in text or rel.split("/")[0] + "/" in folders, f"{rel} is not placed in docs/ARCHITECTURE.md"
+    # `package/module.name` or `module.name` of a top-level module (`train.lr` and the like are config paths)
+    cited = [s for s in spans if re.fullmatch(r"[a-z_/]+\.[A-Za-z_]+", s) and not s.endswith(".py")
+             and (src / (s.split(".")[0] + ".py")).is_file()]
+    assert len(cited) > 10
+    for s in cited:
+        module, name = s.rsplit(".", 1)
+        mod = importlib.import_module("diffmem." + module.replace("/", "."))
+        assert hasattr(mod, name), s

@@ -11,7 +11,7 @@ from diffmem.artefacts import array_hash, is_complete, read_manifest
 from diffmem.cli import main
 from diffmem.config import DataConfig
 from diffmem.data import build_dataset, load_dataset, make_dataset
-from diffmem.data.sources import load_digits
+from diffmem.data.digits import load_digits
 from diffmem.errors import UsageError
 from test_data_sources import exec_payload, write_cifar_binary, write_cifar_python, write_edm_zip
 
@@ -33,7 +33,8 @@ def test_round_trip_and_reuse(tmp_path):
         assert list(z["names"]) == [f"digits:{i}" for i in s.source_ids]  # named by the index in the source
     before = (out / "dataset.npz").stat().st_mtime_ns
     assert build_dataset(cfg, out) == out and (out / "dataset.npz").stat().st_mtime_ns == before  # reused
-    with pytest.raises(UsageError, match="another config"):
+    with pytest.raises(UsageError, match=r"or one holding the dataset artefact of this config \(it holds a 'dataset' "
+                                         r"artefact\)"):  # of another config
         build_dataset(DataConfig(size=41), out)
     from diffmem.artefacts import write_manifest
 

@@ -5,10 +5,10 @@ import pytest
 
 from diffmem.config import DataConfig
 from diffmem.data import make_dataset
+from diffmem.data.digits import load_digits
 from diffmem.data.duplicates import duplicate_report, nearest_other
 from diffmem.data.resize import block_mean, downsample
 from diffmem.data.shapes import render_shapes
-from diffmem.data.sources import load_digits
 from diffmem.data.subsets import class_sequence, mix_pattern, priority_order
 
 DIGIT_LABELS = load_digits().labels  # the source's true labels, the reference for every check

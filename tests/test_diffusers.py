@@ -144,7 +144,8 @@ def test_refusals_are_one_line_exit_2(ddpm_dir, tmp_path, capsys):
         (["--diffusers", ddpm_dir, "--scheduler", "edm-euler"], "cannot sample a model saved with DDPMScheduler"),
         (["--diffusers", ddpm_dir, "--steps", "1001"], "--steps: 1001 is not valid; expected at most the 1000"),
         (["--diffusers", ddpm_dir, "--eta", "0.5"], "--eta: 0.5 applies to the DDIM scheduler only"),
-        (["--diffusers", ddpm_dir, "--label", "0"], "--label: 0 is not valid; expected no --label"),
+        (["--diffusers", ddpm_dir, "--label", "0"],
+         "--label: 0 is not valid; expected no --label (the denoiser is unconditional)"),
     ]
     for extra, text in cases:
         assert main(["sample", "--n", "2", "--out", out, *map(str, extra)]) == 2, extra

@@ -143,6 +143,29 @@ def test_emm_cli_synthetic_json_and_dry_run(tmp_path, capsys):
 #   2. binary search over the 4 grid sizes between them: the crossing lies in one of 5 gaps, ⌈log₂ 5⌉ = 3
 #   3. bisection in log |D| from a bracket of factor 2 to one ≤ 1.25: 2 → 2^½ = 1.41 → 2^¼ = 1.19, 2 halvings
 DIGITS_MAX_TRAININGS = 2 + 3 + 2
+# The same search proposing k sizes per round (parallel: k, to keep k workers busy):
+#   k = 2: the 4 inner grid sizes are split by 2 of them (64 and 256) into parts of 0, 1 and 1 sizes: 2 + 1 = 3;
+#          the bisection puts 2 sizes at the thirds of log 2: 2^⅓ = 1.26 > 1.25, so a second round, 2^⅑ = 1.08:
+#          2 + 2 = 4; in all 2 + 3 + 4 = 9
+#   k = 3: 3 inner grid sizes (64, 128, 256) leave parts of 0, 0, 0 and 1 sizes: 3 + 1 = 4; the bisection's
+#          quarters of log 2 give 2^¼ = 1.19 ≤ 1.25 at once: 3; in all 2 + 4 + 3 = 9
+DIGITS_MAX_TRAININGS_PARALLEL = {1: 7, 2: 9, 3: 9}
+
+
+def _worst_case(size_min, size_max, grid_factor, bracket_factor, parallel, ends):
+    """The most sizes the search measures, over every sequence of outcomes (each size memorizes or not, monotone
+    or not), and how many outcome sequences there are."""
+    worst, leaves = 0, 0
+    stack = [{}]
+    while stack:
+        ratios = stack.pop()
+        new = next_sizes(ratios, size_min=size_min, size_max=size_max, threshold=0.9, grid_factor=grid_factor,
+                         bracket_factor=bracket_factor, parallel=parallel, ends=ends)
+        if not new:
+            worst, leaves = max(worst, len(ratios)), leaves + 1
+            continue
+        stack += [{**ratios, **dict(zip(new, outcome))} for outcome in itertools.product((1.0, 0.0), repeat=len(new))]
+    return worst, leaves
 
 
 def test_the_trainings_bound_is_the_worst_case_of_the_search():
@@ -150,20 +173,60 @@ def test_the_trainings_bound_is_the_worst_case_of_the_search():
     assert (cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) == (32, 1024, 2.0, 1.25)
     assert (cfg.measure_ends, cfg.parallel, cfg.repeats, cfg.refine_repeats) == (True, 1, 1, 0)
     assert geometric_grid(32, 1024, 2.0) == [32 * 2**k for k in range(6)]
-    # every sequence of outcomes the search can meet (each size memorizes or not, monotone or not)
-    worst, leaves = 0, 0
-    stack = [{}]
-    while stack:
-        ratios = stack.pop()
-        new = next_sizes(ratios, size_min=32, size_max=1024, threshold=0.9, grid_factor=2.0, bracket_factor=1.25,
-                         ends=True)
-        if not new:
-            worst, leaves = max(worst, len(ratios)), leaves + 1
-            continue
-        stack += [{**ratios, **dict(zip(new, outcome))} for outcome in itertools.product((1.0, 0.0), repeat=len(new))]
-    assert leaves > 10 and worst == DIGITS_MAX_TRAININGS  # reached, never exceeded
-    assert max_trainings(cfg) == DIGITS_MAX_TRAININGS
-    assert max_trainings(dataclasses.replace(cfg, repeats=3)) == 3 * DIGITS_MAX_TRAININGS  # every repeat trains
+    for k, derived in DIGITS_MAX_TRAININGS_PARALLEL.items():
+        worst, leaves = _worst_case(32, 1024, 2.0, 1.25, k, True)
+        assert leaves > 10 and worst == derived  # reached, never exceeded
+        assert max_trainings(dataclasses.replace(cfg, parallel=k)) == derived
+        assert max_trainings(dataclasses.replace(cfg, parallel=k, repeats=3)) == 3 * derived  # every repeat trains
+    assert DIGITS_MAX_TRAININGS_PARALLEL[1] == DIGITS_MAX_TRAININGS == max_trainings(cfg)
+
+
+@pytest.mark.parametrize("grid", [(64, 1024, 2.0, 1.25), (32, 1024, 2.0, 1.1), (500, 8000, 2.0, 1.25),
+                                  (10, 1000, 3.0, 1.2), (100, 100, 2.0, 1.25), (64, 90, 2.0, 1.25)])
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+@pytest.mark.parametrize("ends", [False, True])
+def test_the_trainings_bound_is_reached_and_never_exceeded(grid, parallel, ends):
+    worst, _ = _worst_case(*grid, parallel, ends)
+    size_min, size_max, grid_factor, bracket_factor = grid
+    cfg = EMMConfig(size_min=size_min, size_max=size_max, grid_factor=grid_factor, bracket_factor=bracket_factor,
+                    parallel=parallel, measure_ends=ends)
+    assert max_trainings(cfg) == worst
+
+
+def test_the_trainings_bound_holds_with_refined_repeats():
+    """refine_repeats: a straddling bracket size gets more repeats, which can move the bracket and restart the
+    search. Every sequence of outcomes of every training (from three kinds: clearly memorizing, clearly not, and
+    memorizing with an interval that straddles 1 − ε, which pooled with a clear miss straddles and misses) stays
+    within the bound, and the worst reaches it; the bound without refinements is exceeded."""
+    from diffmem.sweep.emm import next_trainings
+    from diffmem.sweep.estimate import RepeatResult
+
+    cfg = EMMConfig(size_min=32, size_max=128, grid_factor=2.0, bracket_factor=1.25, measure_ends=True,
+                    refine_repeats=1)
+    outcomes = (1000, 0, 905)  # memorized of 1,000: 905 straddles 0.9 at 95 %
+    worst, seen = 0, set()
+
+    def explore(runs):
+        nonlocal worst
+        key = tuple(sorted((s, tuple(r.n_memorized for r in reps.values())) for s, reps in runs.items()))
+        if key in seen:
+            return
+        seen.add(key)
+        todo = next_trainings(cfg, runs)
+        if not todo:
+            worst = max(worst, sum(len(r) for r in runs.values()))
+            return
+        for ks in itertools.product(outcomes, repeat=len(todo)):
+            nxt = {s: dict(r) for s, r in runs.items()}
+            for (s, rep), k in zip(todo, ks):
+                nxt.setdefault(s, {})[rep] = RepeatResult(rep, k / 1000, k, 1000, 1.0)
+            explore(nxt)
+
+    explore({})
+    plain = max_trainings(dataclasses.replace(cfg, refine_repeats=0))
+    # grid 32, 64, 128 with bisection trees of 3 sizes in each of its 2 gaps: 9 sizes, each at most 1 + 1 runs
+    assert max_trainings(cfg) == 9 * 2
+    assert plain == 2 + 1 + 2 < worst == max_trainings(cfg)
 
 
 def documented_digits_config() -> dict:

@@ -52,14 +52,14 @@ KILLER = textwrap.dedent("""
             return real_fsync(fd)
         os.fsync = fsync
     elif kind == "job":
-        import diffmem.sweep.synthetic as synthetic
-        real_rows = synthetic.synthetic_rows
+        import diffmem.sweep.jobs as jobs
+        real_rows = jobs.synthetic_rows
 
         def synthetic_rows(spec):
             if hit():
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_rows(spec)
-        synthetic.synthetic_rows = synthetic_rows
+        jobs.synthetic_rows = synthetic_rows
     elif kind == "trainjob":
         import diffmem.sweep.jobs as jobs
         real_job = jobs._train_job
@@ -275,6 +275,8 @@ def test_unwritable_out_is_a_clear_error_with_nothing_written(command, data16, t
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err  # a failure while running
     assert str(blocker) in err, err  # the message names the path it could not create
+    if command != "train":  # the library's own message, not an exception's class and text
+        assert err.startswith(f"diffmem {command}: error: --out: cannot create"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and blocker.read_text() == "x"
 
 

@@ -49,6 +49,43 @@ def test_a_refused_write_is_a_run_error_and_leaves_nothing(tmp_path, monkeypatch
     assert json.loads((tmp_path / "m.json").read_text()) == {"old": 1}
 
 
+def test_out_directory_rule(tmp_path):
+    """The one check of an --out directory that every stage uses: new or empty, or refused in one line."""
+    check = artefacts.check_new_dir
+    assert check(tmp_path / "new") == tmp_path / "new" and not (tmp_path / "new").exists()  # checks, creates nothing
+    (tmp_path / "empty").mkdir()
+    check(tmp_path / "empty")
+    (tmp_path / "resumable").mkdir()
+    (tmp_path / "resumable" / ".lock").write_text("")
+    check(tmp_path / "resumable", keep=(".lock",))
+    with pytest.raises(UsageError, match=r"^--out: '.*resumable' is not valid; expected a new or empty directory "
+                                         r"\(it holds 1 entry: .lock\)$"):
+        check(tmp_path / "resumable")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"^--o: '.*file' is not valid; expected X \(it is a file\)$"):
+        check(tmp_path / "file", "--o", expected="X")
+    artefacts.write_manifest(tmp_path / "art", "dataset", {})
+    with pytest.raises(UsageError, match=r"\(it holds a 'dataset' artefact\)$"):
+        check(tmp_path / "art")
+    for name in "abcde":
+        (tmp_path / "many" / name).mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"\(it holds 5 entries: a, b, c, …\)$"):
+        check(tmp_path / "many")
+    # below a regular file the directory cannot be created: a failure (exit 1) naming the file, before any work
+    with pytest.raises(RunError, match=r"^--out: cannot create '.*file/a/b': '.*file' is a file, not a directory$"):
+        check(tmp_path / "file" / "a" / "b")
+    with pytest.raises(RunError, match="is a file, not a directory"):
+        artefacts.check_new_file(tmp_path / "file" / "x.npz")
+    with pytest.raises(UsageError, match=r"expected a file name \(it is a directory\)$"):
+        artefacts.check_new_file(tmp_path / "empty")
+    assert artefacts.check_new_file(tmp_path / "file") == tmp_path / "file"  # an existing file is replaced
+    with pytest.raises(UsageError, match="it holds 1 entry: x"):  # atomic_dir applies the same rule
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "x").write_text("")
+        with artefacts.atomic_dir(tmp_path / "full"):
+            pass
+
+
 def test_manifest_and_completeness(tmp_path):
     cfg = config.DataConfig(size=64)
     assert not artefacts.is_complete(tmp_path, "dataset", cfg)
@@ -249,3 +286,38 @@ def test_unexpected_multi_line_errors_are_printed_on_one_line(monkeypatch, capsy
     assert cli.main(["report", "x"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "first line second line" in err
+
+
+def test_seed_purposes_are_distinct_and_pinned():
+    """One home for the purposes a seed is split into: within a family no two purposes share a stream, and the
+    values are the ones runs have always used (changing one would change every draw made from it)."""
+    from diffmem import seeds
+    from diffmem.train.dataset import DataOrder
+
+    assert seeds.SUBSET_ORDER != seeds.RANDOM_LABELS
+    train = [seeds.TRAIN_DATA_ORDER, seeds.TRAIN_NOISE, seeds.TRAIN_DROPOUT, seeds.TRAIN_INIT]
+    assert len(set(train)) == len(train) and train == [1, 2, 3, 4]
+    assert (seeds.SUBSET_ORDER, seeds.RANDOM_LABELS, seeds.ROW_HASH, seeds.LAW_BOOTSTRAP) == (0, 1, 0x5EED, 0)
+    order = DataOrder(n=10, batch=4, seed=7, order="reshuffle")
+    ref = np.random.default_rng(np.random.SeedSequence([7, 1, 3])).permutation(10)  # [seed, purpose, epoch]
+    assert np.array_equal(order.permutation(3), ref)
+
+
+def test_the_common_refusal_is_written_by_one_helper():
+    """``OPTION: VALUE is not valid; expected …`` comes from errors.bad(), not from hand-written copies (nn/,
+    train/ and config.py keep theirs until their validation moves to whole configs)."""
+    from pathlib import Path
+
+    import diffmem
+    from diffmem.errors import UsageError, bad
+
+    e = bad("--x", "a", "b or c")
+    assert isinstance(e, UsageError) and str(e) == "--x: 'a' is not valid; expected b or c" and e.exit_code == 2
+    assert str(bad("sigmas", None, "a 1-D schedule", shown="shape (3, 2)")) == \
+        "sigmas: shape (3, 2) is not valid; expected a 1-D schedule"
+    root = Path(diffmem.__file__).parent
+    pending = {"nn", "train", "config.py"}
+    copies = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
+              if p.relative_to(root).parts[0] not in pending and p.name != "errors.py"
+              for i, line in enumerate(p.read_text().splitlines(), 1) if "is not valid; expected" in line]
+    assert copies == []

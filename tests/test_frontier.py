@@ -58,10 +58,10 @@ def test_frontier_by_hand_exact_lower_bound_and_unknown_points():
     assert f2.estimate.bracket == (20, 80) and f2.estimate.emm == pytest.approx(_log_crossing(20, 0.92, 80, 0.30))
     p10 = f2.points[0]
     assert p10.ci[1] == 1.0 and p10.ratio == pytest.approx(0.95) and p10.n_memorized == 950
-    assert p10.ci[0] == pytest.approx(max(wilson(950, N)[0], wilson(920, N)[0]))
+    assert p10.ci[0] == pytest.approx(max(wilson(950, N, 0.95)[0], wilson(920, N, 0.95)[0]))
     # budget 3: sizes 10 and 20 are lower bounds; 20's interval reaches 1; 10 is raised to 20's lower end
     assert f3.partial == (10, 20) and f3.estimate.bracket == (20, 80)
-    assert f3.points[1].ci == pytest.approx((max(wilson(920, N)[0], wilson(600, N)[0]), 1.0))
+    assert f3.points[1].ci == pytest.approx((max(wilson(920, N, 0.95)[0], wilson(600, N, 0.95)[0]), 1.0))
     assert f3.estimate.emm == pytest.approx(_log_crossing(20, 0.92, 80, 0.60))
     s = f2.summary()
     assert s["epochs_at_emm"] == pytest.approx(2.0 * 1000 / s["emm"])
@@ -271,7 +271,7 @@ def test_cli_frontier_flag_dry_run_and_synthetic_json(tmp_path, capsys):
     from diffmem.cli import main
 
     assert main(["emm", "--preset", "cifar10", "--frontier", "--out", str(tmp_path / "d"), "--dry-run"]) == 2
-    assert "train.epochs: 40000 is not valid with frontier: true" in capsys.readouterr().err
+    assert "train.epochs: 40000 is not valid; expected null with frontier: true" in capsys.readouterr().err
     assert main(["emm", "--preset", "digits", "--frontier", "--out", str(tmp_path / "d"), "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["budgets_kimg"] == [64.0, 128.0, 192.0]
     assert main(["emm", "--preset", "digits-frontier", "--out", str(tmp_path / "d"), "--dry-run", "--json"]) == 0

@@ -62,7 +62,8 @@ def test_out_dir_holds_summary_table_and_figures(files, tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["stage"] == "measurement"
     # a second run refuses to overwrite, with one line and exit code 2
     assert main(["measure", "--samples", str(s), "--train", str(t), "--out", str(out)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert f"--out: {str(out)!r} is not valid; expected a new or empty directory (it holds a 'measurement' artefact)" \
+        in capsys.readouterr().err
 
 
 def test_write_measurement_is_atomic_and_grid_rows_are_distinct(files, tmp_path, monkeypatch):

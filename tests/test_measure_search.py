@@ -121,5 +121,5 @@ def test_missing_faiss_is_a_clear_usage_error(data, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
     samples, train = data
-    with pytest.raises(UsageError, match=r"--backend: 'faiss' needs the faiss package"):
+    with pytest.raises(UsageError, match=r"--backend faiss: needs the faiss package, which is not installed"):
         measure(samples, train, MeasureConfig(backend="faiss"))

@@ -29,8 +29,11 @@ def test_emm_report(tmp_path):
     md = (out / "report.md").read_text()
     s = json.loads((out / "emm.json").read_text())
     assert f"EMM ≈ **{s['emm']:,.0f}**" in md and f"{s['ci'][0]:,.0f}" in md
-    for p in res.points:  # every measured size is in the table with its ratio
-        assert f"| {p.size:,} | {p.ratio:.3f} |" in md
+    for p in res.points:  # every measured size is in the table with its ratio, flagged when its interval straddles
+        row = next(line for line in md.splitlines() if line.startswith(f"| {p.size:,} | {p.ratio:.3f} |"))
+        assert row.endswith("| straddles |") == (p.ci[0] < 0.9 <= p.ci[1]), row
+    assert any(p.ci[0] < 0.9 <= p.ci[1] for p in res.points)  # the flag is exercised both ways
+    assert any(not p.ci[0] < 0.9 <= p.ci[1] for p in res.points)
     for name in ("ratio_vs_size.png", "ratio_vs_progress.png"):
         assert f"figures/{name}" in md and f"figures/{name}" in html.read_text()
         _png_ok(out / "figures" / name)
@@ -86,3 +89,54 @@ def test_ratio_study_report_has_ratio_against_factor(tmp_path):
         cells = [f"{p['ratio']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" for p in v["points"]]
         label = "uncond" if v["factors"]["conditioning"]["data.labels"] == "none" else "unique"
         assert f"| {label} | {cells[0]} | {cells[1]} |" in md
+
+
+def test_every_figure_is_drawn_on_agg_and_written_whole(tmp_path):
+    from diffmem.plotting import pyplot, save_png
+
+    plt = pyplot()
+    assert plt.get_backend().lower() == "agg"
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    n_open = len(plt.get_fignums())
+    path = save_png(fig, tmp_path / "f.png")
+    assert len(plt.get_fignums()) == n_open - 1  # closed once written
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (400, 300)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary left beside it
+
+
+def test_captions_and_intervals_follow_epsilon_and_confidence(tmp_path, capsys):
+    """ε = 0.2 and measure.confidence = 0.8: the report, its figures' captions and the terminal lines say 80 %,
+    never the defaults' 90 % line or 95 % intervals."""
+    from diffmem.cli import main
+    from diffmem.config import MeasureConfig, to_dict
+
+    curve = SyntheticCurve(emm=300.0, threshold=0.8, noise=False)
+    cfg = dataclasses.replace(CFG, epsilon=0.2, measure=MeasureConfig(confidence=0.8))
+    path = tmp_path / "emm.json"
+    path.write_text(json.dumps(to_dict(cfg)))
+    out = tmp_path / "e"
+    run_emm(cfg, out, synthetic=curve)
+    render_report(out)
+    md = (out / "report.md").read_text()
+    assert "(80 % interval [" in md and "memorizes ≥ 80 %" in md and "| 80 % interval |" in md
+    assert "Memorization ratio against |D| (80 % intervals), the 80 % line" in md
+    assert "budget (kimg) | EMM (training images) | 80 % interval" in md  # the frontier table
+    assert "intervals at 80 % confidence" in md
+    assert "95 %" not in md and "90 %" not in md and "90%" not in md and "95%" not in md
+    # the command line prints the same levels
+    assert main(["emm", "--config", str(path), "--out", str(tmp_path / "cli"), "--synthetic", "300",
+                 "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "80 % interval [" in text and "crosses 80 %" in text and "95" not in text.split("wall time")[0]
+
+    study = StudyConfig(base=CFG, factors={"measure.confidence": (0.5, 0.99)}, name="levels")
+    run_study(study, tmp_path / "st", synthetic={value_slug({"measure.confidence": c}): SyntheticCurve(noise=False)
+                                                  for c in (0.5, 0.99)})
+    render_report(tmp_path / "st")
+    md = (tmp_path / "st" / "report.md").read_text()
+    section = {c: md.split(f"## measure.confidence={c}")[1].split("## ")[0] for c in (0.5, 0.99)}
+    assert "(50 % interval [" in section[0.5] and "| 50 % interval |" in section[0.5]
+    assert "(99 % interval [" in section[0.99] and "| 99 % interval |" in section[0.99]
+    assert "95 % interval (the base's; each value's own in its section)" in md  # the values differ: said so

@@ -210,7 +210,7 @@ def test_bad_sampler_settings_are_usage_errors(kw, match):
 
 
 def test_drawn_labels_come_only_from_the_given_classes_and_keep_per_sample_seeds():
-    from diffmem.sample.generate import present_classes
+    from diffmem.sample.labels import present_classes
 
     class Conditional(torch.nn.Module):  # a denoiser that returns its labels as a constant image
         label_dim, resolution, in_channels, sigma_min, sigma_max = 5, 2, 1, 0.0, float("inf")
@@ -228,3 +228,38 @@ def test_drawn_labels_come_only_from_the_given_classes_and_keep_per_sample_seeds
     assert np.array_equal(b.labels, a.labels[30:]) and np.array_equal(b.images, a.images[30:])
     with pytest.raises(UsageError, match="classes"):
         generate(Conditional(), 4, 0, cfg, classes=np.array([7]))
+
+
+def test_one_label_rule_for_every_denoiser_and_request():
+    """Labels lie in 0..label_dim − 1, one per item: the same check and message wherever labels enter sampling."""
+    from diffmem.sample import OptimalDenoiser
+    from diffmem.sample.labels import as_labels, check_label, draw_labels
+
+    assert as_labels(np.array([0, 4, 2]), 3, 5).tolist() == [0, 4, 2]
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 2, 2), dtype=np.uint8)
+    D = OptimalDenoiser(images, np.array([0, 1, 2, 0, 1, 2]), label_dim=3)
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    outside = [  # each way labels reach a sampler, with labels outside 0..2
+        lambda: as_labels([0, 3], 2, 3),
+        lambda: OptimalDenoiser(images, np.array([0, 1, 2, 0, 1, 3]), label_dim=3),  # training labels
+        lambda: D(x, 1.0, torch.tensor([0, 3])),  # at sampling time
+        lambda: generate(D, 2, 0, SampleConfig(steps=2), labels=[0, 3]),
+        lambda: draw_labels(SeedNoise([0, 1]), 3, labels=torch.tensor([0, 3])),
+    ]
+    for call in outside:
+        with pytest.raises(UsageError, match=r"^labels: values in \[0, 3\] are not valid; expected 0..2 \(label_dim 3"):
+            call()
+    with pytest.raises(UsageError, match=r"^labels: -1 is not valid; expected 0..2"):
+        generate(D, 2, 0, SampleConfig(steps=2), labels=-1)  # one label for all
+    with pytest.raises(UsageError, match=r"^labels: 3 labels for 2 samples; expected one per sample$"):
+        D(x, 1.0, torch.tensor([0, 1, 2]))
+    with pytest.raises(UsageError, match=r"^labels: 5 labels for 6 images; expected one per image$"):
+        OptimalDenoiser(images, np.array([0, 1, 2, 0, 1]), label_dim=3)
+    with pytest.raises(UsageError, match=r"^classes: 7 is not valid; expected 0..2"):
+        generate(D, 2, 0, SampleConfig(steps=2), classes=[7])
+    check_label(None, 0)
+    check_label(2, 3, "--label")
+    with pytest.raises(UsageError, match=r"^--label: 3 is not valid; expected 0..2 \(label_dim 3\)$"):
+        check_label(3, 3, "--label")
+    with pytest.raises(UsageError, match=r"^--label: 0 is not valid; expected no --label \(the denoiser is uncond"):
+        check_label(0, 0, "--label")

@@ -84,7 +84,7 @@ def test_sample_run_checkpoint_is_batch_invariant(tmp_path):
     (["--n", "0"], "--n: 0 is not valid"),
     (["--n", "2", "--steps", "0"], "--steps: 0 is not valid"),
     (["--n", "2", "--churn", "-1"], "--churn: -1.0 is not valid"),
-    (["--n", "2", "--label", "1"], "--label: 1 is not valid; expected no --label"),
+    (["--n", "2", "--label", "1"], "--label: 1 is not valid; expected no --label (the denoiser is unconditional)"),
     (["--n", "2", "--snapshot", "5"], "--snapshot: 5 given without --run"),
     (["--n", "2", "--seed", "-3"], "--seed: -3 is not valid"),
 ])
@@ -134,6 +134,7 @@ def test_sample_to_a_directory_of_pngs_named_by_seed(digits_npz, tmp_path, capsy
     assert [r["sample_name"] for r in rows] == names and [r["seed"] for r in rows] == [str(s) for s in range(3, 15)]
     assert all(r["memorized"] == "true" for r in rows)  # the optimum copies training images
     # refusals before any sampling: a non-empty directory, a file name that is neither .npz nor a directory
-    for bad, msg in ((f"{out}/", "exists and is not an empty directory"), (str(tmp_path / "x.png"), "ending in .npz")):
+    for bad, msg in ((f"{out}/", "expected a new or empty directory for one PNG per sample (it holds a 'samples' "
+                                 "artefact)"), (str(tmp_path / "x.png"), "ending in .npz")):
         assert main(["sample", "--optimal", str(path), "--n", "2", "--out", bad]) == 2
         assert msg in capsys.readouterr().err

@@ -121,7 +121,7 @@ def test_conditional_optimum_of_small_classes_equals_brute_force(digits, labels)
         np.testing.assert_allclose(out[i:i + 1], ref, rtol=0, atol=1e-10)
     if labels == "unique":  # one image per class: D* is that image at every σ
         np.testing.assert_allclose(out, images[np.argsort(lab)[want]] / 127.5 - 1, rtol=0, atol=1e-12)
-    with pytest.raises(UsageError, match="labels: values in"):
+    with pytest.raises(UsageError, match=rf"labels: {k} is not valid; expected 0..{k - 1}"):
         D(torch.tensor(x[:1]), 1.0, torch.tensor([k]))
 
 
@@ -149,3 +149,27 @@ def test_conditional_optimum_samples_copy_images_with_the_requested_label(digits
         for img, lab in zip(s.images, s.labels):
             same = np.all(images.reshape(200, -1) == img.reshape(-1), axis=1)
             assert same.any() and set(labels[same].tolist()) == {lab}
+
+
+def test_sampling_a_datasets_optimum_draws_labels_from_its_classes_and_copies_their_images(digits):
+    """sample_optimum (what `diffmem sample --optimal` and every sweep job use): conditional on the labels when the
+    dataset has label classes, labels drawn only from classes with images; each sample is a training image of its
+    own label (an exact copy after quantisation), or of any label when unconditional."""
+    from diffmem.io import ImageSet
+    from diffmem.sample.optimal import sample_optimum
+
+    images, labels = digits[0][:40], digits[1][:40] % 5  # classes 0..4 present; label_classes 6: class 5 empty
+    train = ImageSet(images=images, labels=labels)
+    cfg = SampleConfig(steps=18, device="cpu")
+    flat = images.reshape(len(images), -1)
+    s = sample_optimum(train, 6, 30, 7, cfg)
+    assert s.images.shape == (30, 1, 8, 8) and s.seeds.tolist() == list(range(7, 37))
+    assert set(s.labels.tolist()) <= {0, 1, 2, 3, 4} and len(set(s.labels.tolist())) >= 3
+    for img, lab in zip(s.images.reshape(30, -1), s.labels):
+        same = np.flatnonzero((flat == img).all(1))
+        assert same.size and labels[same[0]] == lab  # a copy of a training image that carries its label
+    u = sample_optimum(train, 0, 10, 7, cfg)  # unconditional: no labels, still copies
+    assert u.labels.tolist() == [-1] * 10
+    assert all((flat == img).all(1).any() for img in u.images.reshape(10, -1))
+    with pytest.raises(UsageError, match="labels: none given for a conditional optimum"):
+        sample_optimum(ImageSet(images=images), 6, 2, 0, cfg)

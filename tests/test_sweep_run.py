@@ -70,11 +70,12 @@ def test_resume_after_a_kill_redoes_nothing_finished(tmp_path):
 def test_a_directory_of_another_config_is_refused(tmp_path):
     run_emm(CFG, tmp_path / "e", synthetic=CURVE)
     other = EMMConfig(n_samples=500, size_min=64, size_max=1024, optimal=False)
-    with pytest.raises(UsageError, match="different config"):
+    with pytest.raises(UsageError, match=r"--out: '.*e' holds an EMM search of a different config \(stage 'emm'\)"):
         run_emm(other, tmp_path / "e", synthetic=CURVE)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "stray.txt").write_text("x")
-    with pytest.raises(UsageError, match="not an EMM directory"):
+    with pytest.raises(UsageError, match=r"expected a new directory, or an EMM search directory to resume \(it holds 1 "
+                                         r"entry: stray.txt\)"):
         run_emm(CFG, tmp_path / "x", synthetic=CURVE)
 
 
@@ -104,3 +105,34 @@ def test_fixed_sizes_and_refinement_of_straddling_sizes(tmp_path):
             assert reps[p.size] == 1, (p.size, reps)
     assert res.n_trainings == sum(reps.values())
     assert max(reps.values()) == 3  # this seed's bracket sizes straddle 0.9 with 200 samples
+
+
+def test_measure_confidence_sets_every_interval_of_the_search(tmp_path):
+    """measure.confidence is the level of the points' intervals, of the EMM's, of the refinement's straddle test,
+    of the frontier's and of the law's (each against scipy's Wilson interval or the 95 % run)."""
+    import dataclasses
+
+    from scipy.stats import binomtest
+
+    from diffmem.config import MeasureConfig
+
+    fixed = EMMConfig(n_samples=1000, sizes=(100, 291, 300, 400, 900), optimal=False)
+    wide, narrow = (run_emm(dataclasses.replace(fixed, measure=MeasureConfig(confidence=c)), tmp_path / str(c),
+                            synthetic=CURVE) for c in (0.95, 0.5))
+    for res, conf in ((wide, 0.95), (narrow, 0.5)):
+        for p in res.points:
+            ref = binomtest(p.n_memorized, p.n_samples).proportion_ci(confidence_level=conf, method="wilson")
+            assert p.ci == pytest.approx((ref.low, ref.high), abs=1e-12)
+        assert json.loads((tmp_path / str(conf) / "emm.json").read_text())["confidence"] == conf
+        for budget in res.frontier:
+            for p in budget.points:  # the frontier's points as well
+                ref = binomtest(p.n_memorized, p.n_samples).proportion_ci(confidence_level=conf, method="wilson")
+                assert p.ci == pytest.approx((ref.low, ref.high), abs=1e-12)
+        if res.law.get("fit"):
+            assert res.law["fit"]["confidence"] == conf
+    lo95, hi95 = wide.estimate.ci
+    lo50, hi50 = narrow.estimate.ci
+    assert wide.estimate.emm == narrow.estimate.emm and lo95 < lo50 <= hi50 < hi95  # a narrower EMM interval
+    # straddling depends on the level: |D| = 291 (910 of 1,000 memorized) straddles 0.9 at 95 %, not at 50 %
+    assert round(1000 * CURVE.expected(291, 4.0)) == 910
+    assert wide.flagged == [291, 300] and narrow.flagged == [300]

@@ -59,8 +59,9 @@ def test_step_curve_bracket_with_fewest_measurements(emm):
     assert br.high / br.low <= 1.25
     # binary search on the 5-size grid (⌈log2 6⌉ = 3) + 2 halvings of log 2 (2^(1/4) ≤ 1.25)
     assert len(ratios) <= 5 == search.max_measurements(64, 1024, 2.0, 1.25)
-    # a plain grid at the bracket's resolution would need 14 trainings over the same range
-    assert search.grid_measurements(64, 1024, 2.0, 1.25) == 14
+    # a plain grid at the bracket's resolution would need 14 trainings over the same range: 64·1.25^k up to
+    # 1,024 is ⌈ln 16 / ln 1.25⌉ = ⌈12.4⌉ = 13 steps, 14 sizes (the grid factor plays no part)
+    assert search.grid_measurements(64, 1024, 1.25) == 14
     # the sizes measured form a monotone step (the decisions never contradict each other)
     s = sorted(ratios)
     assert [ratios[x] for x in s] == sorted((ratios[x] for x in s), reverse=True)
@@ -134,7 +135,7 @@ def test_crossing_closed_form():
 
 def test_point_interval_is_wilson_and_estimate_interpolates_its_bounds():
     runs = {100: (980, 1000), 200: (850, 1000), 400: (100, 1000)}
-    pts = [pool(s, [RepeatResult(0, k / n, k, n, 4.0)]) for s, (k, n) in runs.items()]
+    pts = [pool(s, [RepeatResult(0, k / n, k, n, 4.0)], 0.95) for s, (k, n) in runs.items()]
     for p, (k, n) in zip(pts, runs.values()):
         assert p.ci == pytest.approx(wilson_ref(k, n), abs=1e-9)
     e = estimate(pts, T)
@@ -150,23 +151,23 @@ def test_point_interval_is_wilson_and_estimate_interpolates_its_bounds():
 
 def test_repeats_widen_the_interval_to_their_spread():
     rs = [RepeatResult(i, r, int(r * 1000), 1000, 4.0) for i, r in enumerate([0.80, 0.95, 0.99])]
-    p = pool(256, rs)
+    p = pool(256, rs, 0.95)
     mean, sd = np.mean([0.80, 0.95, 0.99]), np.std([0.80, 0.95, 0.99], ddof=1)
     half = 4.303 * sd / math.sqrt(3)  # t(0.975, 2 dof)
     assert p.ratio == pytest.approx((800 + 950 + 990) / 3000)
     assert p.ci[0] == pytest.approx(mean - half, abs=1e-4) and p.ci[1] == pytest.approx(min(1.0, mean + half), abs=1e-4)
     assert p.straddles(T)
     # equal repeats: the pooled Wilson interval (narrower than any single run's)
-    same = pool(256, [RepeatResult(i, 0.5, 500, 1000, 1.0) for i in range(2)])
+    same = pool(256, [RepeatResult(i, 0.5, 500, 1000, 1.0) for i in range(2)], 0.95)
     assert same.ci == pytest.approx(wilson_ref(1000, 2000))
 
 
 def test_estimate_outside_the_measured_range():
-    all_mem = [pool(s, [RepeatResult(0, 1.0, 1000, 1000, 1.0)]) for s in (64, 128)]
+    all_mem = [pool(s, [RepeatResult(0, 1.0, 1000, 1000, 1.0)], 0.95) for s in (64, 128)]
     e = estimate(all_mem, T)
     assert e.emm is None and e.above_range and e.bracket == (128, None)
     assert e.ci[0] == 128 and e.ci[1] is None
-    none_mem = [pool(s, [RepeatResult(0, 0.0, 0, 1000, 1.0)]) for s in (64, 128)]
+    none_mem = [pool(s, [RepeatResult(0, 0.0, 0, 1000, 1.0)], 0.95) for s in (64, 128)]
     e = estimate(none_mem, T)
     assert e.emm is None and e.below_range and e.bracket == (None, 64)
     assert e.ci == (None, 64)

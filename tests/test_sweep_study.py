@@ -171,3 +171,47 @@ def test_study_dry_run_text_names_every_value(tmp_path, capsys):
     assert "study 'w' (ratio mode): 2 factor values, at most 4 trainings" in text
     assert "model.channels=8: at most 2 trainings" in text and "model.channels=16: at most 2 trainings" in text
     assert not (tmp_path / "st").exists()
+
+
+def test_the_lr_scaled_with_the_batch_is_shown_wherever_the_config_is(tmp_path, capsys):
+    """train.batch as a factor scales train.lr: each value's config.json, the dry run (text and JSON) and
+    study.json show the lr the value trains with, and why."""
+    from diffmem.cli import main
+
+    d = {"name": "batch", "mode": "ratio", "base": {"sizes": [64], "n_samples": 1000, "optimal": False,
+                                                     "train": {"batch": 64, "lr": 2e-3}},
+         "factors": {"train.batch": [64, 256]}}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(d))
+    assert main(["study", "--config", str(path), "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "train.batch=256: at most 1 trainings; train.lr 0.008 (scaled with train.batch: base lr 0.002 × batch " \
+           "256 / base batch 64)" in text
+    assert "train.batch=64: at most 1 trainings\n" in text  # the base batch: nothing derived
+    assert main(["study", "--config", str(path), "--out", str(tmp_path / "dry"), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [v["config"]["train"]["lr"] for v in plan["values"]] == pytest.approx([2e-3, 8e-3])
+    assert plan["values"][0]["derived"] == {} and plan["values"][1]["derived"] == {"train.lr": pytest.approx(8e-3)}
+    cfg = from_dict(StudyConfig, d)
+    run_study(cfg, tmp_path / "st", synthetic={value_slug({"train.batch": b}): SyntheticCurve(noise=False)
+                                               for b in (64, 256)})
+    for b, lr in ((64, 2e-3), (256, 8e-3)):
+        resolved = json.loads((tmp_path / "st" / "values" / f"train.batch={b}" / "config.json").read_text())
+        assert resolved["train"]["batch"] == b and resolved["train"]["lr"] == pytest.approx(lr)
+    values = json.loads((tmp_path / "st" / "study.json").read_text())["values"]
+    assert "derived" not in values[0] and values[1]["derived"] == {"train.lr": pytest.approx(8e-3)}
+
+
+def test_a_study_directory_resumes_only_its_own_study(tmp_path):
+    cfg = StudyConfig(base=BASE, factors={"model.channels": (16,)}, mode="emm", name="w")
+    curves = {value_slug({"model.channels": 16}): SyntheticCurve(noise=False)}
+    run_study(cfg, tmp_path / "st", synthetic=curves)
+    run_study(cfg, tmp_path / "st", synthetic=curves)  # the same study: resumed
+    other = StudyConfig(base=BASE, factors={"model.channels": (8,)}, mode="emm", name="w")
+    with pytest.raises(UsageError, match=r"holds a study of a different config \(stage 'study'\)"):
+        run_study(other, tmp_path / "st", synthetic={value_slug({"model.channels": 8}): SyntheticCurve()})
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("")
+    with pytest.raises(UsageError, match=r"expected a new directory, or a study directory to resume \(it holds 1 "
+                                         r"entry: notes.txt\)"):
+        run_study(cfg, tmp_path / "x", synthetic=curves)

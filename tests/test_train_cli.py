@@ -113,3 +113,26 @@ def test_the_paper_preset_resolves_to_the_reference_schedules(data, tmp_path, ca
     t = json.loads(capsys.readouterr().out)["train"]
     assert (t["ema_mode"], t["ema_decay"], t["ema_halflife_epochs"], t["ema_halflife_kimg"]) == \
         ("compensated", None, 10, None)
+
+
+def test_preset_resolution_is_a_library_function():
+    """resolve_preset: the preset's recipe with fields replaced; a duration replaces the other one, an EMA
+    half-life without a decay replaces the preset's constant decay (the rules --kimg, --epochs and
+    --ema-halflife-kimg follow)."""
+    from diffmem.config import MODEL_PRESETS, TRAIN_PRESETS, resolve_preset
+    from diffmem.errors import UsageError
+
+    assert resolve_preset("digits") == (MODEL_PRESETS["digits"], TRAIN_PRESETS["digits"])
+    assert TRAIN_PRESETS["digits"].kimg == 192.0 and TRAIN_PRESETS["digits"].ema_decay == 0.99
+    m, t = resolve_preset("digits", {"channels": 8},
+                          {"epochs": 3.0, "ema_mode": "halflife", "ema_halflife_kimg": 2.0, "lr": 1e-3})
+    assert (m.channels, m.resolution, m.precond) == (8, 8, "edm")
+    assert (t.epochs, t.kimg, t.ema_halflife_kimg, t.ema_halflife_epochs, t.ema_decay, t.lr, t.batch) == \
+        (3.0, None, 2.0, None, None, 1e-3, 64)
+    _, t = resolve_preset("paper-basic", train={"kimg": 5.0, "warmup_kimg": 1.0})
+    assert (t.kimg, t.epochs, t.warmup_kimg, t.warmup_epochs) == (5.0, None, 1.0, None)
+    _, t = resolve_preset("paper-basic", train={"ema_mode": "final", "ema_decay": 0.5, "ema_halflife_kimg": 1.0})
+    assert (t.ema_decay, t.ema_halflife_kimg, t.ema_halflife_epochs) == (0.5, 1.0, None)  # given: kept
+    assert TRAIN_PRESETS["paper-basic"].epochs == 40_000
+    with pytest.raises(UsageError, match="--preset: 'nope' is not a preset"):
+        resolve_preset("nope")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from diffmem import __version__
-from diffmem.errors import RunError, UsageError
+from diffmem.errors import RunError, UsageError, bad
 
 MANIFEST = "manifest.json"
 
@@ -116,8 +116,8 @@ def _tmp_dir_sibling(path: Path) -> Path:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_sibling(path)
     except OSError as e:
         raise RunError(f"cannot write {path}: {e.strerror or e}") from e
@@ -153,16 +153,74 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+NEW_DIR = "a new or empty directory"
+
+
+def _check_parents(path: Path, option: str) -> None:
+    """A path whose nearest existing ancestor is not a directory cannot be created: a RunError (exit 1), as when
+    the file system refuses to create it for any other reason (permissions), before any work starts."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"{option}: cannot create {str(path)!r}: {str(parent)!r} is a file, not a directory")
+            return
+
+
+def check_new_dir(out: str | os.PathLike, option: str = "--out", *, keep: tuple[str, ...] = (),
+                  expected: str = NEW_DIR) -> Path:
+    """``out`` as the directory of a new artefact: it does not exist yet, or it is an empty directory
+    (entries named in ``keep`` aside: what a resumable command leaves there itself, such as ``.lock``).
+    Anything else is a UsageError naming ``option``, the path, what it holds and ``expected``; a path below a
+    regular file, a RunError (it cannot be created)."""
+    given, out = os.fspath(out), Path(out)  # messages show the path as it was given
+    _check_parents(out, option)
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise bad(option, given, f"{expected} (it is a file)")
+    others = sorted(p.name for p in out.iterdir() if p.name not in keep)
+    if others:
+        m = read_manifest(out)
+        held = (f"a {m.get('stage')!r} artefact" if m and m.get("stage") else
+                f"{len(others)} {'entry' if len(others) == 1 else 'entries'}: {', '.join(others[:3])}"
+                f"{', …' if len(others) > 3 else ''}")
+        raise bad(option, given, f"{expected} (it holds {held})")
+    return out
+
+
+def check_resumable(out: str | os.PathLike, ident: Any, what: str, *, keep: tuple[str, ...] = (),
+                    option: str = "--out") -> dict[str, Any] | None:
+    """``out`` for a resumable stage whose identity is ``ident``: a directory holding that stage's own work
+    (its manifest, returned), or a new or empty one (:func:`check_new_dir`, entries in ``keep`` aside). A
+    manifest of anything else is refused in one line that names ``what`` the stage is ("an EMM search")."""
+    m = read_manifest(out)
+    if m is not None and m.get("config_hash") != config_hash(ident):
+        raise UsageError(f"{option}: {os.fspath(out)!r} holds {what} of a different config (stage "
+                         f"{m.get('stage')!r}); choose a new directory or rerun with the same config to resume")
+    if m is None:
+        check_new_dir(out, option, keep=keep, expected=f"a new directory, or {what} directory to resume")
+    return m
+
+
+def check_new_file(path: str | os.PathLike, option: str = "--out", expected: str = "a file name") -> Path:
+    """``path`` as a file to write (a new one, or one to replace): not a directory, and not below a file."""
+    given, path = os.fspath(path), Path(path)
+    _check_parents(path, option)
+    if path.is_dir():
+        raise bad(option, given, f"{expected} (it is a directory)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it to ``final`` on success.
 
-    On any exception the temporary directory is removed and ``final`` is untouched.
+    ``final`` must be new or empty unless ``overwrite`` (:func:`check_new_dir`). On any exception the
+    temporary directory is removed and ``final`` is untouched.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        if any(final.iterdir()):
-            raise UsageError(f"--out: {str(final)!r} exists and is not empty; choose a new directory")
+    if not overwrite:
+        check_new_dir(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_dir_sibling(final)

@@ -355,6 +355,40 @@ def model_train_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     return MODEL_PRESETS[name], TRAIN_PRESETS[name]
 
 
+def resolve_preset(name: str, model: dict[str, Any] | None = None,
+                   train: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Preset ``name``'s model and training recipe with the given fields replaced, and the preset's fields that
+    the given ones make meaningless cleared (:func:`implied_train_fields`)."""
+    m, t = model_train_preset(name)
+    return dataclasses.replace(m, **(model or {})), dataclasses.replace(t, **implied_train_fields(t, train or {}))
+
+
+# a quantity that can be given in either of two units: giving one clears the other
+UNIT_PAIRS = (("kimg", "epochs"), ("warmup_kimg", "warmup_epochs"), ("ema_halflife_kimg", "ema_halflife_epochs"))
+
+
+def implied_train_fields(base: TrainConfig, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` training fields plus what they imply over ``base``: a duration, warm-up or EMA half-life given in
+    one unit clears ``base``'s other unit; an EMA mode clears ``base``'s fields that the mode does not use (the
+    decay for the half-life modes, the half-life for ``constant``) and, for a half-life mode where ``base`` has
+    no half-life, takes the default one. Fields given explicitly are never changed."""
+    t = dict(given)
+    for a, b in UNIT_PAIRS:
+        for one, other in ((a, b), (b, a)):
+            if one in t and other not in t:
+                t[other] = None
+    if "ema_mode" in t:
+        if t["ema_mode"] not in ("constant", "final") and "ema_decay" not in t:
+            t["ema_decay"] = None
+        if t["ema_mode"] == "constant":
+            for name in ("ema_halflife_kimg", "ema_halflife_epochs"):
+                t.setdefault(name, None)
+        elif base.ema_halflife_kimg is None and base.ema_halflife_epochs is None and \
+                "ema_halflife_kimg" not in t and "ema_halflife_epochs" not in t:
+            t["ema_halflife_epochs"] = TrainConfig.ema_halflife_epochs
+    return t
+
+
 EMM_PRESETS: dict[str, EMMConfig] = {
     # The embedded default (`make demo`): scikit-learn's 8×8 digits, the whole EMM experiment on 2 CPU cores.
     # Training procedure (EMM is relative to it): a two-level U-Net with C=16 (8×8: 16, 4×4: 32 channels),

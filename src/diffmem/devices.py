@@ -18,7 +18,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as e:
-        raise UsageError(f"--device: {name!r} is not valid; expected auto, cpu, cuda or cuda:N") from e
+        raise bad("--device", name, "auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device: {name!r} is not available on this machine; expected auto or cpu")
     return dev

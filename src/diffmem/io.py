@@ -303,7 +303,7 @@ def load_images(path: str | os.PathLike, convert: Convert | None = None, hint: s
         raise UsageError(f"{text}: {str(path)!r} is not a directory; expected a folder of images")
     if p.is_file():
         if forced == "zip" or (forced is None and p.suffix.lower() == ".zip"):
-            from diffmem.data.zipfolder import read_zip_images
+            from diffmem.data.zipfolder import read_zip_images  # diffmem.data imports this module: a cycle at the top
 
             images, names, labels = read_zip_images(p, str(path), convert, hint)
             return ImageSet(images=images, names=names, labels=labels)

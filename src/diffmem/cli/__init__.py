@@ -18,7 +18,7 @@ import traceback
 
 from diffmem import __version__
 from diffmem.cli.common import add_debug_argument, apply_threads
-from diffmem.errors import DiffmemError
+from diffmem.errors import DiffmemError, one_line, reason
 
 COMMANDS = ("data", "train", "sample", "measure", "emm", "study", "report")
 
@@ -57,11 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's message folded onto one line (torch, PIL and Ray messages often span several)."""
-    return " ".join(str(e).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -88,6 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure while running
         if debug:
             traceback.print_exc()
-        print(f"diffmem {args.command}: failed: {e.__class__.__name__}: {one_line(e)} "
+        print(f"diffmem {args.command}: failed: {reason(e, limit=None)} "
               "(rerun with --debug for details)", file=sys.stderr)
         return 1

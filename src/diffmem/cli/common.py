@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from diffmem.artefacts import to_jsonable
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 
 DEBUG_HELP = "show tracebacks and debug logging"
 JSON_HELP = "print the result as one JSON object on stdout and nothing else there"
@@ -81,4 +81,4 @@ def parse_fraction(text: str, option: str) -> float:
     try:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError) as e:
-        raise UsageError(f"{option}: {text!r} is not valid; expected a number such as 1/3 or 0.5") from e
+        raise bad(option, text, "a number such as 1/3 or 0.5") from e

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffmem.artefacts import is_complete, read_manifest
 from diffmem.cli.common import add_json_argument, add_progress_argument, add_threads_argument, print_json, show_progress
+from diffmem.config import DataConfig
+from diffmem.data import build_dataset
+from diffmem.data.build import LABEL_MODES
 from diffmem.data.resize import RESAMPLE_FILTERS
 from diffmem.data.sources import SOURCE_FORMS
 
@@ -21,13 +25,11 @@ EXAMPLES = """\
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from diffmem.config import DataConfig
-
     d = DataConfig()  # the single source of defaults: the CLI and the library hash the same config
     parser.add_argument("--source", required=True, metavar="SRC", help=f"where the images come from: {SOURCE_FORMS}")
     parser.add_argument("--size", type=int, metavar="N", help="images to keep, class-balanced (default: all)")
     parser.add_argument("--classes", type=int, metavar="C", help="keep only the first C classes of the source")
-    parser.add_argument("--labels", default=d.labels, choices=("true", "none", "random", "unique"),
+    parser.add_argument("--labels", default=d.labels, choices=LABEL_MODES,
                         help="true labels, none, random labels from K classes, or one label per image "
                              f"(default: {d.labels})")
     parser.add_argument("--label-classes", type=int, metavar="K", help="K for --labels random")
@@ -70,10 +72,8 @@ def _lines(m: dict, out: Path, reused: bool) -> list[str]:
     return lines
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> DataConfig:
     """The :class:`~diffmem.config.DataConfig` of parsed ``diffmem data`` arguments."""
-    from diffmem.config import DataConfig
-
     return DataConfig(
         source=args.source, size=args.size, classes=args.classes, labels=args.labels,
         label_classes=args.label_classes, resolution=args.resolution, resample=args.resample, mix=args.mix,
@@ -82,9 +82,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.artefacts import is_complete, read_manifest
-    from diffmem.data import build_dataset
-
     cfg = config_from_args(args)
     out = Path(args.out)
     reused = is_complete(out, "dataset", cfg)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
 
+from diffmem.artefacts import to_jsonable
 from diffmem.cli.common import (
     add_dry_run_argument,
     add_json_argument,
@@ -16,6 +18,17 @@ from diffmem.cli.common import (
     print_json,
     show_progress,
 )
+from diffmem.config import EMMConfig, emm_preset, load_json_config
+from diffmem.errors import UsageError, bad
+from diffmem.fmt import pct, size
+from diffmem.report import render_report
+from diffmem.sweep import make_backend, run_emm
+from diffmem.sweep.backends import BACKENDS
+from diffmem.sweep.emm import max_trainings, validate
+from diffmem.sweep.frontier import frontier_budgets, frontier_table, max_budget_searches
+from diffmem.sweep.law import law_lines
+from diffmem.sweep.search import grid_measurements
+from diffmem.sweep.synthetic import SyntheticCurve
 
 HELP = "find the EMM of one recipe: the largest |D| whose memorization ratio is still ≥ 1 − ε"
 EXAMPLES = """\
@@ -53,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``emm`` and ``study``."""
     parser.add_argument("--out", required=True, metavar="DIR", help="the sweep directory (rerun on it to resume)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="run jobs here one after another (local) or as Ray tasks (ray)")
     parser.add_argument("--ray-address", metavar="ADDRESS",
                         help="an existing Ray cluster (e.g. auto or ray://host:10001); default: a local Ray instance")
@@ -64,9 +77,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    from diffmem.config import EMMConfig, emm_preset, load_json_config
-    from diffmem.errors import bad
-
     cfg = emm_preset(args.preset) if args.preset else load_json_config(EMMConfig, args.config)
     for opt, field in (("--n-samples", "n_samples"), ("--repeats", "repeats"), ("--parallel", "parallel")):
         value = getattr(args, field)
@@ -79,30 +89,25 @@ def resolve_config(args: argparse.Namespace):
     return cfg
 
 
-def fmt_size(x: float | None) -> str:
-    return "—" if x is None else f"{x:,.0f}"
-
-
 def print_result(res, out: Path, file=None) -> None:
     """The human-readable result: every number says what it is."""
-    from diffmem.sweep.search import grid_measurements
-
     file = file or sys.stdout
     cfg, e, t = res.config, res.estimate, res.threshold
+    conf = pct(cfg.measure.confidence)
     lo, hi = e.bracket
     w = file.write
     if e.emm is not None:
-        w(f"EMM ≈ {e.emm:,.0f} training images (ratio crosses {t:.0%}, log-size interpolation); "
-          f"95 % interval [{fmt_size(e.ci[0])}, {fmt_size(e.ci[1])}]\n")
+        w(f"EMM ≈ {e.emm:,.0f} training images (ratio crosses {pct(t)}, log-size interpolation); "
+          f"{conf} interval [{size(e.ci[0])}, {size(e.ci[1])}]\n")
     elif e.below_range:
-        w(f"EMM < {fmt_size(hi)}: even the smallest size measured does not memorize ≥ {t:.0%}\n")
+        w(f"EMM < {size(hi)}: even the smallest size measured does not memorize ≥ {pct(t)}\n")
     elif e.above_range:
-        w(f"EMM ≥ {fmt_size(lo)}: even the largest size measured memorizes ≥ {t:.0%}\n")
-    w(f"bracket: |D| = {fmt_size(lo)} memorizes, |D| = {fmt_size(hi)} does not (a size memorizes when ≥ {t:.0%} "
+        w(f"EMM ≥ {size(lo)}: even the largest size measured memorizes ≥ {pct(t)}\n")
+    w(f"bracket: |D| = {size(lo)} memorizes, |D| = {size(hi)} does not (a size memorizes when ≥ {pct(t)} "
       f"of its samples have d1/d2 < {cfg.measure.threshold:.4g})\n")
     held = {q["size"]: q for q in res.summary()["points"] if "heldout_ratio" in q}
     extra = f" {'held-out':>9} {'C_T':>7}" if held else ""
-    w(f"{'|D|':>7} {'ratio':>7} {'95 % interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}{extra}\n")
+    w(f"{'|D|':>7} {'ratio':>7} {conf + ' interval':>17} {'best kimg':>10} {'samples':>8} {'optimum':>8}{extra}\n")
     partial = res.frontier[-1].partial if cfg.frontier and res.frontier else ()
     for p in res.points:
         flag = "  straddles" if p.straddles(t) else ""
@@ -130,7 +135,7 @@ def print_result(res, out: Path, file=None) -> None:
           f"(sizes × repeats; a longer job extends its size's shorter run), {_kimg(res.training_kimg)} kimg of "
           f"training in all; one EMM search per budget would need up to {bound} trainings and {_kimg(kimg)} kimg\n")
     elif not cfg.sizes:
-        grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor) * cfg.repeats
+        grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.bracket_factor) * cfg.repeats
         w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "
           f"factor {cfg.bracket_factor} over {cfg.size_min:,}–{cfg.size_max:,} would need {grid}\n")
     w(f"wall time: {res.wall_s:,.1f} s; results: {out / 'results.csv'}\n")
@@ -138,13 +143,10 @@ def print_result(res, out: Path, file=None) -> None:
 
 def print_frontier(res, file) -> None:
     """The EMM at every snapshot budget and the law fitted to it."""
-    from diffmem.sweep.frontier import frontier_table
-    from diffmem.sweep.law import law_lines
-
     w = file.write
-    header, rows = frontier_table([b.summary(points=False) for b in res.frontier])
+    header, rows = frontier_table([b.summary(points=False) for b in res.frontier], res.config.measure.confidence)
     w(f"frontier: the EMM at each training budget (each size's best snapshot up to the budget, ratio ≥ "
-      f"{res.threshold:.0%}):\n")
+      f"{pct(res.threshold)}):\n")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     w("  ".join(h.rjust(wd) for h, wd in zip(header, widths)) + "\n")
     for r in rows:
@@ -159,20 +161,11 @@ def _kimg(x: float) -> str:
 
 def _baseline(cfg) -> tuple[int, float]:
     """The frontier's baseline: one EMM search per budget, at most (trainings, kimg)."""
-    from diffmem.sweep.emm import max_trainings
-    from diffmem.sweep.frontier import frontier_budgets, max_budget_searches
-
     per_search = max_trainings(dataclasses.replace(cfg, frontier=False))
     return max_budget_searches(frontier_budgets(cfg.train), per_search)
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.artefacts import to_jsonable
-    from diffmem.sweep import run_emm
-    from diffmem.sweep.emm import max_trainings, validate
-    from diffmem.sweep.frontier import frontier_budgets
-    from diffmem.sweep.synthetic import SyntheticCurve
-
     cfg = resolve_config(args)
     out = Path(args.out)
     validate(cfg)
@@ -192,15 +185,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(plan)
         else:
-            import json
-
             sys.stdout.write(json.dumps(plan, indent=2) + "\n" + text)
         return 0
     synthetic = None
     if args.synthetic is not None:
         if not (math.isfinite(args.synthetic) and args.synthetic > 0):
-            from diffmem.errors import bad
-
             raise bad("--synthetic", args.synthetic, "a positive EMM (a number of training images)")
         synthetic = SyntheticCurve(emm=args.synthetic, threshold=1 - cfg.epsilon)
         if cfg.frontier:
@@ -219,9 +208,6 @@ def run(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace, out: Path, go):
     """``go(backend)`` on the backend the options name (closed whatever happens), then the report
     unless ``--no-report``; returns the result and the report's path (or None)."""
-    from diffmem.errors import UsageError
-    from diffmem.sweep import make_backend
-
     if args.threads is not None and args.backend != "local":
         raise UsageError(f"--threads: {args.threads} sets the threads of jobs run in this process; expected "
                          "--backend local, or no --threads with --backend ray (Ray gives each task its CPU threads)")
@@ -232,7 +218,5 @@ def run_sweep(args: argparse.Namespace, out: Path, go):
         backend.close()
     report = None
     if not args.no_report:
-        from diffmem.report import render_report
-
         report = render_report(out)
     return res, report

@@ -10,6 +10,7 @@ from typing import Any
 from diffmem.cli.common import parse_fraction
 from diffmem.config import MeasureConfig
 from diffmem.errors import UsageError
+from diffmem.extras import require
 
 FEATURE_HELP = ("pixels (default: the reference study's metric), MODEL.onnx (an image encoder run with "
                 "onnxruntime, the [onnx] extra), or precomputed (embeddings .npz files: 'features' float32 N×D, "
@@ -37,7 +38,7 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
 
 def feature_space(args: argparse.Namespace):
     """The checked :class:`FeatureSpace` of the options, or None for pixels (refusing feature-only options)."""
-    from diffmem.measure.features import FeatureSpace, check_space, parse_space
+    from diffmem.measure.features import FeatureSpace, check_space, parse_space  # torch: only when measuring
 
     kind, model = parse_space(args.features)
     if kind == "pixels":
@@ -48,8 +49,6 @@ def feature_space(args: argparse.Namespace):
                                  "--features precomputed")
         return None
     if kind == "onnx":
-        from diffmem.extras import require
-
         require("onnxruntime", "onnx", "--features")  # before any work: one line naming the extra
     for option, value in (("--samples-features", args.samples_features), ("--train-features", args.train_features),
                           ("--preprocess", args.preprocess)):
@@ -61,16 +60,22 @@ def feature_space(args: argparse.Namespace):
                                     similarity=similarity))
 
 
-def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: Callable[[str, str], Any]):
+def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: Callable[[str, str], Any], *,
+                     progress: bool):
     """Embed or read both sides, then measure both criteria: (measurement, sample images, training images).
 
     ``load(path, option)`` reads an image set. Images are None where only vectors are known (no grid figure).
     """
-    from diffmem.measure.features import FEATURES_LAYOUT, load_embeddings, measure_features, with_images
+    from diffmem.measure.features import (  # torch: only when measuring
+        FEATURES_LAYOUT,
+        load_embeddings,
+        measure_features,
+        with_images,
+    )
 
     describe: dict[str, Any] = {}
     if space.kind == "onnx":
-        from diffmem.devices import resolve_device
+        from diffmem.devices import resolve_device  # torch and the [onnx] extra: only for an ONNX encoder
         from diffmem.measure.encoder import OnnxEncoder, load_preprocess, parse_preprocess_flags
 
         pre = load_preprocess(space.model, parse_preprocess_flags(args.preprocess))
@@ -82,8 +87,8 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
                              f"{'×'.join(map(str, samples.shape[1:]))} but --train are "
                              f"{'×'.join(map(str, train.shape[1:]))}; expected one size for both, e.g. "
                              f"--preprocess size={train.shape[1]}")
-        s_vec = encoder(samples.images, what="samples", progress=True)
-        t_vec = encoder(train.images, what="training images", progress=True)
+        s_vec = encoder(samples.images, what="samples", progress=progress)
+        t_vec = encoder(train.images, what="training images", progress=progress)
         seeds = samples.seeds
     else:
         sides = []
@@ -102,7 +107,7 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
         samples, train = s_emb.images, t_emb.images
         seeds = samples.seeds if samples is not None and samples.seeds is not None else s_emb.seeds
         describe = {"samples_names": s_emb.names is not None, "train_names": t_emb.names is not None}
-    m = measure_features(s_vec, t_vec, space, cfg, seeds=seeds, describe=describe, progress=True)
+    m = measure_features(s_vec, t_vec, space, cfg, seeds=seeds, describe=describe, progress=progress)
     return m, samples, train
 
 

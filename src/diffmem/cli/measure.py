@@ -7,11 +7,20 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from diffmem.cli.common import parse_fraction, print_json
+from diffmem.artefacts import check_new_dir
+from diffmem.cli.common import (
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    parse_fraction,
+    print_json,
+    show_progress,
+)
 from diffmem.cli.features import add_feature_arguments, feature_space, format_feature_lines, measure_in_space
 from diffmem.config import MeasureConfig
-from diffmem.devices import resolve_device
+from diffmem.data.convert import Conversion
 from diffmem.errors import UsageError
+from diffmem.io import load_images
 
 HELP = "memorization ratio of generated samples against a training set (exact NN₁/NN₂, Wilson interval)"
 EXAMPLES = (
@@ -36,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="1/3", metavar="T",
                         help="memorized when d1/d2 < T (default 1/3)")
     parser.add_argument("--out", metavar="DIR", help="write summary.json, table.csv, copies.csv, figures here")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
     g = parser.add_argument_group("inputs as you have them (applied to samples, training and held-out images)")
     g.add_argument("--resize", type=int, metavar="R",
                    help="downsample every image to R×R first (the resampling of 'diffmem data --resolution')")
@@ -61,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
+    from diffmem.devices import resolve_device  # the measurement's modules import torch: only when measuring
     from diffmem.measure.heldout import check_copying_config
 
     tau = parse_fraction(args.tau, "--tau") if args.tau is not None else None
@@ -80,9 +92,7 @@ def _config(args: argparse.Namespace) -> MeasureConfig:
     return cfg
 
 
-def _conversion(args: argparse.Namespace):
-    from diffmem.data.convert import Conversion
-
+def _conversion(args: argparse.Namespace) -> Conversion:
     conv = Conversion(resize=args.resize, channels=args.channels, resample=args.resample)
     conv.check()
     return conv
@@ -140,9 +150,7 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _load(path: str, option: str, conv):
-    from diffmem.io import load_images
-
+def _load(path: str, option: str, conv: Conversion):
     try:
         return load_images(path, None if conv.identity else conv, hint=SHAPE_FLAGS)
     except UsageError as e:
@@ -165,7 +173,7 @@ def _check_shapes(option: str, shape: tuple[int, ...], train_shape: tuple[int, .
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.measure import measure, prepare_train, write_measurement
+    from diffmem.measure import measure, prepare_train, write_measurement  # torch: only when measuring
     from diffmem.measure.heldout import prepare_heldout
     from diffmem.measure.outputs import full_summary
     from diffmem.measure.tables import TableNames
@@ -177,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--heldout: the held-out baseline is measured in pixels only; expected --features pixels "
                          "(or measure the held-out images as --samples in a second run)")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out: {str(out)!r} exists and is not empty; choose a new directory")
+    if out is not None:
+        check_new_dir(out)
     ref = copying = heldout = None
     if space is None:
         samples = _load(args.samples, "--samples", conv)
@@ -188,11 +196,13 @@ def run(args: argparse.Namespace) -> int:
         if heldout is not None:
             _check_shapes("--heldout", heldout.shape, train.shape)
         index = prepare_train(train)
-        m = measure(samples, index, cfg, progress=True)
-        ref = prepare_heldout(index, heldout, cfg, len(samples), progress=True) if heldout is not None else None
+        progress = show_progress(args)
+        m = measure(samples, index, cfg, progress=progress)
+        ref = prepare_heldout(index, heldout, cfg, len(samples), progress=progress) if heldout is not None else None
         copying = ref.copying(samples, m.d1) if ref is not None else None
     else:
-        m, samples, train = measure_in_space(args, space, cfg, lambda path, option: _load(path, option, conv))
+        m, samples, train = measure_in_space(args, space, cfg, lambda path, option: _load(path, option, conv),
+                                             progress=show_progress(args))
     names = TableNames.of(samples, train, m.nn1.shape[0], m.train_canonical.shape[0])
     extra = {} if conv.identity else {"conversion": conv.describe()}
     summary = full_summary(m, names, ref, copying, **extra)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from diffmem.cli.common import add_json_argument, print_json
+from diffmem.report import render_report
 
 HELP = "render the Markdown/HTML report (with figures) of an emm or study directory"
 EXAMPLES = """\
@@ -20,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.report import render_report
-
     html = render_report(args.dir)
     markdown = html.with_suffix(".md")
     if args.json:

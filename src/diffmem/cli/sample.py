@@ -7,15 +7,24 @@ import argparse
 import logging
 import math
 import os
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from diffmem.cli.common import print_json
+from diffmem.artefacts import check_new_dir, check_new_file
+from diffmem.cli.common import (
+    add_json_argument,
+    add_progress_argument,
+    add_threads_argument,
+    print_json,
+    show_progress,
+)
 from diffmem.cli.sample_diffusers import add_diffusers_arguments, check_options, sample_diffusers
 from diffmem.config import SampleConfig
-from diffmem.errors import UsageError
+from diffmem.data import load_dataset
+from diffmem.errors import UsageError, bad
+from diffmem.io import sample_file_name, save_image_folder, save_image_set
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --optimal: compute dtype of the optimum (default float64); with --diffusers: the UNet's "
                         "(default float32; float64 makes every sample bit-identical whatever --batch)")
     add_diffusers_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json_argument(parser)
+    add_progress_argument(parser)
+    add_threads_argument(parser)
 
 
 def _config(args: argparse.Namespace) -> SampleConfig:
-    from diffmem.sample import check_sample_config
+    from diffmem.sample import check_sample_config  # the sampler imports torch: only when sampling
 
     steps = SampleConfig().steps if args.steps is None or args.diffusers is not None else args.steps
     cfg = SampleConfig(solver=args.solver, steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
@@ -89,27 +100,24 @@ def _config(args: argparse.Namespace) -> SampleConfig:
 
 
 def _optimal(args: argparse.Namespace, cfg: SampleConfig):
-    import torch
+    import torch  # with the sampler: only when sampling
 
-    from diffmem.data import load_dataset
     from diffmem.devices import resolve_device
-    from diffmem.sample import OptimalDenoiser
-    from diffmem.sample.generate import present_classes
+    from diffmem.sample.optimal import dataset_optimum
 
-    train, classes = load_dataset(args.optimal)
+    train_set, label_classes = load_dataset(args.optimal)
     if args.unconditional:
-        classes = 0
+        label_classes = 0
     device = resolve_device(cfg.device)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
-    denoiser = OptimalDenoiser(train.images, train.labels if classes > 0 else None, label_dim=classes, dtype=dtype,
-                               device=device)
-    kind = f"{classes} classes" if classes else "unconditional"
-    what = f"closed-form optimum of {len(train)} training images ({kind}, {args.dtype or 'float64'}, {device})"
-    return denoiser, what, present_classes(train.labels) if classes > 0 else None
+    denoiser, classes = dataset_optimum(train_set, label_classes, dtype=dtype, device=device)
+    kind = f"{label_classes} classes" if label_classes else "unconditional"
+    what = f"closed-form optimum of {len(train_set)} training images ({kind}, {args.dtype or 'float64'}, {device})"
+    return denoiser, what, classes
 
 
 def _trained(args: argparse.Namespace, cfg: SampleConfig):
-    from diffmem.devices import resolve_device
+    from diffmem.devices import resolve_device  # torch: only when sampling
     from diffmem.train.checkpoints import load_denoiser
 
     device = resolve_device(cfg.device)
@@ -121,33 +129,30 @@ def _trained(args: argparse.Namespace, cfg: SampleConfig):
 
 def _out_is_dir(out: str) -> bool:
     """``--out``: a ``.npz`` file, or a new (or empty) directory; anything else is refused before sampling."""
-    from pathlib import Path
-
     p = Path(out)
     if out.endswith(".npz") and not p.is_dir():
+        check_new_file(out, expected="a file name ending in .npz")
         return False
     if not (out.endswith(("/", os.sep)) or p.is_dir() or p.suffix == ""):
-        raise UsageError(f"--out: {out!r} is not valid; expected a file name ending in .npz, or a directory "
-                         "(DIR/) for one PNG per sample")
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
-        raise UsageError(f"--out: {out!r} exists and is not an empty directory; choose a new directory")
+        raise bad("--out", out, "a file name ending in .npz, or a directory (DIR/) for one PNG per sample")
+    check_new_dir(out, expected="a new or empty directory for one PNG per sample")
     return True
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.io import sample_file_name, save_image_folder, save_image_set
-    from diffmem.sample import generate
+    from diffmem.sample import generate  # torch: only when sampling
+    from diffmem.sample.labels import check_label
 
     cfg = _config(args)
     if args.n < 1:
-        raise UsageError(f"--n: {args.n} is not valid; expected an integer >= 1")
+        raise bad("--n", args.n, "an integer >= 1")
     if args.seed < 0:
-        raise UsageError(f"--seed: {args.seed} is not valid; expected an integer >= 0")
+        raise bad("--seed", args.seed, "an integer >= 0")
     to_dir = _out_is_dir(args.out)
     if args.snapshot is not None and args.run is None:
         raise UsageError(f"--snapshot: {args.snapshot:g} given without --run; expected --run RUN")
     if args.snapshot is not None and not (args.snapshot >= 0 and math.isfinite(args.snapshot)):
-        raise UsageError(f"--snapshot: {args.snapshot} is not valid; expected a number of kimg >= 0")
+        raise bad("--snapshot", args.snapshot, "a number of kimg >= 0")
     if args.unconditional and args.optimal is None:
         raise UsageError("--unconditional: applies to --optimal only; expected --optimal DIR")
     check_options(args)
@@ -169,16 +174,14 @@ def run(args: argparse.Namespace) -> int:
                          "dtype")
     denoiser, what, classes = _optimal(args, cfg) if args.optimal is not None else (*_trained(args, cfg), None)
     label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
-    if args.label is not None and not 0 <= args.label < label_dim:
-        expected = f"0..{label_dim - 1}" if label_dim else "no --label (the denoiser is unconditional)"
-        raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
+    check_label(args.label, label_dim, "--label")
 
     t0 = time.perf_counter()
     if args.label is not None and classes is not None and args.label not in classes:
-        raise UsageError(f"--label: {args.label} is not valid; class {args.label} has no training image in "
-                         f"{args.optimal} (classes present: {classes.tolist()[:20]})")
+        raise bad("--label", args.label, f"a class with training images in {args.optimal} (classes present: "
+                  f"{classes.tolist()[:20]})")
     samples = generate(denoiser, args.n, args.seed, cfg, labels=args.label, classes=classes,
-                       progress=sys.stderr.isatty())
+                       progress=show_progress(args))
     seconds = time.perf_counter() - t0
     if to_dir:
         save_image_folder(args.out, samples, cfg, denoiser=what, label=args.label,

@@ -4,12 +4,12 @@ lives in :mod:`diffmem.sample.diffusers`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from diffmem.cli.common import show_progress
 from diffmem.errors import UsageError
 from diffmem.io import ImageSet
 
@@ -45,16 +45,19 @@ def check_options(args: argparse.Namespace) -> None:
 
 def sample_diffusers(args: argparse.Namespace) -> tuple[ImageSet, Any, dict[str, Any], list[str]]:
     """Load, sample and describe: (samples, the sampler settings, the JSON summary's fields, the terminal lines)."""
-    from diffmem.sample.diffusers import DiffusersConfig, generate_diffusers, load_diffusers_model
+    from diffmem.sample.diffusers import (  # torch and the [diffusers] extra: only when sampling
+        DiffusersConfig,
+        generate_diffusers,
+        load_diffusers_model,
+    )
+    from diffmem.sample.labels import check_label
 
     cfg = DiffusersConfig(scheduler=args.scheduler or "saved", steps=args.steps or DEFAULT_STEPS,
                           eta=args.eta or 0.0, batch=args.batch, device=args.device, dtype=args.dtype or "float32")
     model = load_diffusers_model(args.diffusers, cfg.scheduler, cfg.device, cfg.dtype)
-    if args.label is not None and not 0 <= args.label < model.label_dim:
-        expected = f"0..{model.label_dim - 1}" if model.label_dim else "no --label (the model is unconditional)"
-        raise UsageError(f"--label: {args.label} is not valid; expected {expected}")
+    check_label(args.label, model.label_dim, "--label")
     t0 = time.perf_counter()
-    samples = generate_diffusers(model, args.n, args.seed, cfg, labels=args.label, progress=sys.stderr.isatty())
+    samples = generate_diffusers(model, args.n, args.seed, cfg, labels=args.label, progress=show_progress(args))
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.unet.parameters())
     counts = {int(k): int(v) for k, v in zip(*np.unique(samples.labels, return_counts=True)) if k >= 0}

@@ -6,8 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffmem.artefacts import to_jsonable
 from diffmem.cli.common import add_dry_run_argument, print_json, show_progress
-from diffmem.cli.emm import add_run_arguments, fmt_size, run_sweep
+from diffmem.cli.emm import add_run_arguments, run_sweep
+from diffmem.config import StudyConfig, load_json_config
+from diffmem.fmt import pct, size
+from diffmem.sweep.emm import max_trainings
+from diffmem.sweep.study import derived_fields, derived_text, expand, run_study, value_label
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
 EXAMPLES = """\
@@ -27,9 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmem.config import StudyConfig, load_json_config
-    from diffmem.sweep.study import run_study, value_label
-
     cfg = load_json_config(StudyConfig, args.config)
     out = Path(args.out)
     if args.dry_run:
@@ -42,15 +44,15 @@ def run(args: argparse.Namespace) -> int:
     w = sys.stdout.write
     w(f"study {cfg.name!r} ({cfg.mode} mode), factors: {', '.join(cfg.factors) or '(none)'}\n")
     for factors, r in res.values:
-        e = r.estimate
+        e, conf = r.estimate, pct(r.config.measure.confidence)
         label = value_label(factors)
         ratios = ", ".join(f"|D|={p.size:,}: {p.ratio:.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}] of {p.n_samples:,}"
                            for p in r.points)
         if cfg.mode == "ratio":
-            w(f"  {label}: memorization ratio (95 % interval, samples) {ratios}\n")
+            w(f"  {label}: memorization ratio ({conf} interval, samples) {ratios}\n")
         else:
-            w(f"  {label}: EMM {fmt_size(e.emm)} [95 % interval {fmt_size(e.ci[0])}–{fmt_size(e.ci[1])}], "
-              f"bracket [{fmt_size(e.bracket[0])}, {fmt_size(e.bracket[1])}], {r.n_trainings} trainings; "
+            w(f"  {label}: EMM {size(e.emm)} [{conf} interval {size(e.ci[0])}–{size(e.ci[1])}], "
+              f"bracket [{size(e.bracket[0])}, {size(e.bracket[1])}], {r.n_trainings} trainings; "
               f"ratios {ratios}\n")
     s = res.summary()
     w(f"trainings: {s['n_trainings']} ({s['n_trained_now']} run now); wall time {res.wall_s:,.1f} s; "
@@ -61,14 +63,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg, out: Path, as_json: bool) -> int:
-    """The resolved config of every factor value and the number of trainings (at most, for mode emm)."""
-    from diffmem.artefacts import to_jsonable
-    from diffmem.sweep.emm import max_trainings
-    from diffmem.sweep.study import expand, value_label
-
-    values = []
+    """The resolved config of every factor value (with the fields it changes without naming them, such as the lr
+    scaled with the batch) and the number of trainings (at most, for mode emm)."""
+    values, notes = [], []
     for factors, c in expand(cfg):
-        values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c)})
+        values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c),
+                       "derived": derived_fields(cfg, factors)})
+        notes.append(f"; {derived_text(cfg, factors)}" if values[-1]["derived"] else "")
     total = sum(v["max_trainings"] for v in values)
     plan = {"name": cfg.name, "mode": cfg.mode, "out": str(out), "values": values, "max_trainings": total}
     if as_json:
@@ -76,7 +77,7 @@ def _dry_run(cfg, out: Path, as_json: bool) -> int:
         return 0
     w = sys.stdout.write
     w(f"study {cfg.name!r} ({cfg.mode} mode): {len(values)} factor values, at most {total} trainings\n")
-    for v in values:
-        w(f"  {v['value']}: at most {v['max_trainings']} trainings\n")
+    for v, note in zip(values, notes):
+        w(f"  {v['value']}: at most {v['max_trainings']} trainings{note}\n")
     w("(--dry-run --json prints the resolved config of every value)\n")
     return 0

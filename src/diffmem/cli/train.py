@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from diffmem.artefacts import dir_lock, read_manifest, remove_stale_temps
 from diffmem.cli.common import (
     add_dry_run_argument,
     add_json_argument,
@@ -17,8 +17,8 @@ from diffmem.cli.common import (
     print_json,
     show_progress,
 )
-from diffmem.config import ModelConfig, TrainConfig, model_train_preset, preset_names, to_dict
-from diffmem.errors import UsageError
+from diffmem.config import ModelConfig, TrainConfig, preset_names, resolve_preset, to_dict
+from diffmem.errors import UsageError, bad
 
 HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
 EXAMPLES = """\
@@ -115,7 +115,7 @@ def _parse(flag: str, kind, text: str):
             return None
         parts = [p.strip() for p in text.split(",")]
         if not all(p in ("0", "1") for p in parts):
-            raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated 0/1 flags such as 1,0,1,1")
+            raise bad(f"--{flag}", text, "comma-separated 0/1 flags such as 1,0,1,1")
         return tuple(p == "1" for p in parts)
     if kind == "optfloat":
         if text.strip().lower() == "none":
@@ -123,17 +123,16 @@ def _parse(flag: str, kind, text: str):
         try:
             return float(text)
         except ValueError as e:
-            raise UsageError(f"--{flag}: {text!r} is not valid; expected a number or 'none'") from e
+            raise bad(f"--{flag}", text, "a number or 'none'") from e
     try:
         conv = int if kind == "ints" else float
         return tuple(conv(p) for p in text.split(","))
     except ValueError as e:
-        raise UsageError(f"--{flag}: {text!r} is not valid; expected comma-separated numbers") from e
+        raise bad(f"--{flag}", text, "comma-separated numbers") from e
 
 
 def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    """The preset with every given flag applied."""
-    model, train = model_train_preset(args.preset)
+    """The preset with every given flag applied (:func:`diffmem.config.resolve_preset`)."""
     changes: dict[str, dict] = {"model": {}, "train": {}}
     for group, flags in (("model", _MODEL_FLAGS), ("train", _TRAIN_FLAGS)):
         for flag, (field, kind, _) in flags.items():
@@ -142,46 +141,28 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
                 changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
     if args.compile:
         changes["train"]["compile"] = True
-    t = changes["train"]
-    if args.kimg is not None:
-        t.update(kimg=args.kimg, epochs=None)
-    if args.epochs is not None:
-        t.update(epochs=args.epochs, kimg=None)
-    for a, b in (("warmup_kimg", "warmup_epochs"), ("ema_halflife_kimg", "ema_halflife_epochs")):
-        for given, other in ((a, b), (b, a)):  # one unit given: the preset's other one goes
-            if given in t and other not in t:
-                t[other] = None
-    if "ema_mode" in t:  # a mode given: the preset's fields that mode does not use go
-        if t["ema_mode"] not in ("constant", "final") and "ema_decay" not in t:
-            t["ema_decay"] = None
-        if t["ema_mode"] == "constant":
-            for name in ("ema_halflife_kimg", "ema_halflife_epochs"):
-                t.setdefault(name, None)
-        elif train.ema_halflife_kimg is None and train.ema_halflife_epochs is None and \
-                "ema_halflife_kimg" not in t and "ema_halflife_epochs" not in t:
-            t["ema_halflife_epochs"] = TrainConfig.ema_halflife_epochs  # a half-life the preset lacks: the default
-    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **t)
+    for field in ("kimg", "epochs"):
+        if getattr(args, field) is not None:
+            changes["train"][field] = getattr(args, field)
+    return resolve_preset(args.preset, changes["model"], changes["train"])
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffmem.train import list_snapshots, train  # torch: only when the command runs
+    from diffmem.train.distributed import world
     from diffmem.train.loop import resolve_configs
 
-    model, train = resolve(args)
+    model_cfg, train_cfg = resolve(args)
     data, out = Path(args.data), Path(args.out)
     if args.dry_run:
-        _, _, resolved = resolve_configs(data, model, train)
+        _, _, resolved = resolve_configs(data, model_cfg, train_cfg)
         print_json(resolved) if args.json else sys.stdout.write(json.dumps(to_dict(resolved), indent=2) + "\n")
         return 0
-
-    from diffmem.train import list_snapshots
-    from diffmem.train import train as train_fn
-    from diffmem.train.distributed import world
-
     if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
-        train_fn(data, out, model, train, progress=False)
+        train(data, out, model_cfg, train_cfg, progress=False)
         return 0
     with _out_lock(out):
-        train_fn(data, out, model, train, progress=show_progress(args))
+        train(data, out, model_cfg, train_cfg, progress=show_progress(args))
     summary = _summary(out)
     if args.json:
         print_json(summary)
@@ -200,8 +181,6 @@ def run(args: argparse.Namespace) -> int:
 def _out_lock(out: Path):
     """Hold the lock on the run directory for the whole run; a directory created only for the lock is
     removed again when the run fails before writing anything into it."""
-    from diffmem.artefacts import dir_lock, remove_stale_temps
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {str(out)!r} is a file; expected a run directory (new, or of the same run)")
     created = not out.exists()
@@ -218,8 +197,7 @@ def _out_lock(out: Path):
 
 
 def _summary(out: Path) -> dict:
-    from diffmem.artefacts import read_manifest
-    from diffmem.train.checkpoints import FINAL_FILE, list_snapshots
+    from diffmem.train.checkpoints import FINAL_FILE, list_snapshots  # torch: only after training
 
     m = read_manifest(out) or {}
     lines = (out / "stats.jsonl").read_text().splitlines() if (out / "stats.jsonl").exists() else []

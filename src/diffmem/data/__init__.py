@@ -6,7 +6,8 @@ it in memory; :func:`load_source` reads every image of one source specification.
 """
 
 from diffmem.data.build import BuiltDataset, build_dataset, check_config, load_dataset, make_dataset
-from diffmem.data.sources import SOURCE_KINDS, Source, load_source
+from diffmem.data.source import Source
+from diffmem.data.sources import SOURCE_KINDS, load_source
 
 __all__ = [
     "SOURCE_KINDS",

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from diffmem.artefacts import array_hash, atomic_dir, is_complete, read_manifest, write_manifest
+from diffmem.artefacts import array_hash, atomic_dir, check_new_dir, is_complete, read_manifest, write_manifest
 from diffmem.config import DataConfig
 from diffmem.data.duplicates import duplicate_report
 from diffmem.data.resize import RESAMPLE_FILTERS, downsample
-from diffmem.data.sources import Source, load_source
+from diffmem.data.source import Source
+from diffmem.data.sources import load_source
 from diffmem.data.subsets import assign_labels, priority_order
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet, load_images, load_npz, names_array, save_image_set
 from diffmem.progress import progress_bar
 
@@ -56,28 +57,26 @@ class BuiltDataset:
 def check_config(cfg: DataConfig) -> None:
     """Refuse option values that are wrong whatever the source (one line naming the option)."""
     if cfg.labels not in LABEL_MODES:
-        raise UsageError(f"--labels: {cfg.labels!r} is not valid; expected one of {', '.join(LABEL_MODES)}")
+        raise bad("--labels", cfg.labels, f"one of {', '.join(LABEL_MODES)}")
     if cfg.labels == "random":
         if cfg.label_classes is None or cfg.label_classes < 1:
-            raise UsageError(f"--label-classes: {cfg.label_classes!r} is not valid; --labels random needs "
-                             "a number of classes K ≥ 1")
+            raise bad("--label-classes", cfg.label_classes, "a number of classes K ≥ 1 with --labels random")
     elif cfg.label_classes is not None:
         raise UsageError(f"--label-classes: {cfg.label_classes} is only used with --labels random "
                          f"(got --labels {cfg.labels})")
     for option, value in (("--size", cfg.size), ("--classes", cfg.classes), ("--resolution", cfg.resolution)):
         if value is not None and value < 1:
-            raise UsageError(f"{option}: {value} is not valid; expected a positive integer")
+            raise bad(option, value, "a positive integer")
     if cfg.seed < 0:
-        raise UsageError(f"--seed: {cfg.seed} is not valid; expected an integer ≥ 0")
+        raise bad("--seed", cfg.seed, "an integer ≥ 0")
     if cfg.resample not in RESAMPLE_FILTERS:
-        raise UsageError(f"--resample: {cfg.resample!r} is not valid; expected one of {', '.join(RESAMPLE_FILTERS)}")
+        raise bad("--resample", cfg.resample, f"one of {', '.join(RESAMPLE_FILTERS)}")
     if cfg.mix is None and cfg.mix_rate != 0.0:
         raise UsageError(f"--mix-rate: {cfg.mix_rate} needs a second source; add --mix SRC2")
     if cfg.mix is not None and not 0.0 < cfg.mix_rate <= 1.0:
-        raise UsageError(f"--mix-rate: {cfg.mix_rate} is not valid; expected a fraction in (0, 1] with --mix")
+        raise bad("--mix-rate", cfg.mix_rate, "a fraction in (0, 1] with --mix")
     if not cfg.near_dup_threshold >= 0.0:
-        raise UsageError(f"--near-threshold: {cfg.near_dup_threshold} is not valid; expected an RMS pixel "
-                         "distance ≥ 0")
+        raise bad("--near-threshold", cfg.near_dup_threshold, "an RMS pixel distance ≥ 0")
 
 
 def _kept_classes(src: Source, classes: int | None, option: str) -> np.ndarray:
@@ -268,10 +267,7 @@ def build_dataset(cfg: DataConfig, out: str | Path, *, progress: bool = False) -
     if is_complete(out, STAGE, cfg) and (out / "dataset.npz").is_file():
         log.info("%s: reusing the complete dataset artefact", out)
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        m = read_manifest(out) if out.is_dir() else None
-        held = f"a {m.get('stage')} artefact of another config" if m else "other files"
-        raise UsageError(f"--out: {str(out)!r} already holds {held}; choose a new directory")
+    check_new_dir(out, expected="a new directory, or one holding the dataset artefact of this config")
     built = make_dataset(cfg, progress=progress)
     with atomic_dir(out, overwrite=True) as tmp:
         s = ImageSet(images=built.images, labels=built.labels, source_ids=built.source_ids, names=built.names)

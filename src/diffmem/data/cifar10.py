@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.data.sources import Source, reason
-from diffmem.errors import UsageError
+from diffmem.artefacts import file_hash
+from diffmem.data.source import Source
+from diffmem.errors import UsageError, reason
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,6 @@ def _binary_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(path: Path, option: str, spec: str) -> Source:
     """The 50,000 training images of CIFAR-10 (python or binary version) with labels 0..9."""
-    from diffmem.artefacts import file_hash
-
     try:
         batches, meta = _read_members(path, PY_BATCH, ("batches.meta",))
         kind = "python"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 RESAMPLE_FILTERS = ("box", "lanczos")
 
@@ -59,10 +59,10 @@ def downsample(images: np.ndarray, r: int, method: str = "box", option: str = "-
     R equal to the current size returns the images unchanged; R larger is refused.
     """
     if method not in RESAMPLE_FILTERS:
-        raise UsageError(f"--resample: {method!r} is not valid; expected one of {', '.join(RESAMPLE_FILTERS)}")
+        raise bad("--resample", method, f"one of {', '.join(RESAMPLE_FILTERS)}")
     n, c, h, w = images.shape
     if r < 1:
-        raise UsageError(f"{option}: {r} is not valid; expected a positive integer")
+        raise bad(option, r, "a positive integer")
     if r > min(h, w):
         raise UsageError(f"{option}: {r} is larger than the source's {h}×{w} images; expected at most {min(h, w)} "
                          "(only downsampling is supported)")

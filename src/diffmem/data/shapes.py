@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from diffmem.data.sources import Source
-from diffmem.errors import UsageError
+from diffmem.data.source import Source
+from diffmem.errors import bad
 
 SHAPE_NAMES = ("disk", "square", "triangle", "cross", "ring", "diamond", "bar", "halfdisk", "frame", "dots")
 DEFAULTS = {"res": 16, "classes": 10, "diversity": 0.5, "n": 5000, "channels": 3, "seed": 0}
@@ -33,13 +33,12 @@ def parse_shapes_args(arg: str, option: str, spec: str) -> dict[str, float | int
         key, eq, value = item.partition("=")
         key = key.strip()
         if key not in DEFAULTS or not eq:
-            raise UsageError(f"{option}: {spec!r}: {item!r} is not valid; expected KEY=VALUE with KEY one of "
-                             f"{', '.join(DEFAULTS)}")
+            raise bad(f"{option}: {spec!r}", item, f"KEY=VALUE with KEY one of {', '.join(DEFAULTS)}")
         try:
             params[key] = float(value) if key == "diversity" else int(value)
         except ValueError:
             kind = "a number in [0, 1]" if key == "diversity" else "an integer"
-            raise UsageError(f"{option}: {spec!r}: {key}={value!r} is not valid; expected {kind}") from None
+            raise bad(f"{option}: {spec!r}", value, kind, shown=f"{key}={value!r}") from None
     checks = {
         "res": (params["res"] >= 4, "an integer ≥ 4"),
         "classes": (params["classes"] >= 1, "an integer ≥ 1"),
@@ -50,7 +49,7 @@ def parse_shapes_args(arg: str, option: str, spec: str) -> dict[str, float | int
     }
     for key, (ok, expected) in checks.items():
         if not ok:
-            raise UsageError(f"{option}: {spec!r}: {key}={params[key]!r} is not valid; expected {expected}")
+            raise bad(f"{option}: {spec!r}", params[key], expected, shown=f"{key}={params[key]!r}")
     return params
 
 

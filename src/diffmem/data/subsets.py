@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffmem.seeds import RANDOM_LABELS, SUBSET_ORDER
+
 
 def subset_rng(seed: int, size: int | None, nested: bool, stream: int) -> np.random.Generator:
-    """The generator of one random stream (0: order, 1: random labels) of one draw."""
+    """The generator of one random stream (:data:`~diffmem.seeds.SUBSET_ORDER` or
+    :data:`~diffmem.seeds.RANDOM_LABELS`) of one draw."""
     if nested or size is None:
         return np.random.default_rng([seed, stream])
     return np.random.default_rng([seed, stream, size])
@@ -94,7 +97,7 @@ def priority_order(
     mix_rate: float = 0.0,
 ) -> np.ndarray:
     """All drawable candidates in priority order; the first N form the subset of size N."""
-    rng = subset_rng(seed, size, nested, stream=0)
+    rng = subset_rng(seed, size, nested, stream=SUBSET_ORDER)
     return interleave(class_sequences(class_of, mix_class_of, mix_rate, rng), rng)
 
 
@@ -119,7 +122,7 @@ def assign_labels(
     if mode == "none":
         return np.full(n, -1, dtype=np.int64), 0
     if mode == "random":
-        rng = subset_rng(seed, size, nested, stream=1)
+        rng = subset_rng(seed, size, nested, stream=RANDOM_LABELS)
         return rng.integers(0, label_classes, size=order_length, dtype=np.int64)[:n], int(label_classes)
     if mode == "unique":
         return np.arange(n, dtype=np.int64), n

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.data.sources import Source, reason, relabel
-from diffmem.errors import UsageError
+from diffmem.artefacts import file_hash
+from diffmem.data.source import Source, relabel
+from diffmem.errors import UsageError, bad, reason
 from diffmem.io import (
     IMAGE_SUFFIXES,
     SHAPE_HINT,
@@ -64,8 +65,7 @@ def _labels_from_json(raw: bytes, names: list[str], what: str) -> np.ndarray | N
     for e in entries:
         ok = isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
         if not ok or isinstance(e[1], bool) or not isinstance(e[1], int):
-            raise UsageError(f"{what}: dataset.json label entry {str(e)[:80]!r} is not valid; "
-                             "expected [file name, integer label]")
+            raise bad(f"{what}: dataset.json label entry", str(e)[:80], "[file name, integer label]")
         table[e[0].replace("\\", "/")] = e[1]
     missing = [n for n in names if n not in table]
     if missing:
@@ -114,8 +114,6 @@ def read_zip_images(path: Path, what: str, convert: Convert | None = None,
 
 def load_zip(path: Path, option: str, spec: str) -> Source:
     """Every image member of the zip (natural order of names) with the labels of ``dataset.json``."""
-    from diffmem.artefacts import file_hash
-
     images, names, raw = read_zip_images(path, f"{option}: {spec!r}")
     labels, class_names = None, ()
     if raw is not None:

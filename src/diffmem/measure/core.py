@@ -16,7 +16,7 @@ import numpy as np
 
 from diffmem.config import MeasureConfig
 from diffmem.devices import resolve_device
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet
 from diffmem.measure.knn import search
 from diffmem.measure.stats import wilson_interval
@@ -52,11 +52,11 @@ class Measurement:
 
 def _check_cfg(cfg: MeasureConfig) -> None:
     if not 0.0 < cfg.threshold <= 1.0:
-        raise UsageError(f"--threshold: {cfg.threshold} is not valid; expected a number in (0, 1], e.g. 1/3")
+        raise bad("--threshold", cfg.threshold, "a number in (0, 1], e.g. 1/3")
     if not 0.0 < cfg.confidence < 1.0:
-        raise UsageError(f"--confidence: {cfg.confidence} is not valid; expected a number in (0, 1)")
+        raise bad("--confidence", cfg.confidence, "a number in (0, 1)")
     if cfg.candidates < 2:
-        raise UsageError(f"--candidates: {cfg.candidates} is not valid; expected at least 2")
+        raise bad("--candidates", cfg.candidates, "at least 2")
 
 
 def _matching_dtypes(q: np.ndarray, index: TrainIndex) -> tuple[np.ndarray, TrainIndex]:
@@ -85,7 +85,7 @@ class StreamingMeasurer:
         cfg = cfg or MeasureConfig()
         _check_cfg(cfg)
         if distance not in DISTANCES:
-            raise UsageError(f"--distance: {distance!r} is not valid; expected one of {', '.join(DISTANCES)}")
+            raise bad("--distance", distance, f"one of {', '.join(DISTANCES)}")
         self.cfg, self.distance = cfg, distance
         if isinstance(train, TrainIndex):
             if distance == "cosine" and not np.allclose(train.sq_norms, 1.0, rtol=0, atol=1e-12):

@@ -1,6 +1,6 @@
 """The figures of a measurement: the d₁/d₂ histogram, the sample | NN₁ | NN₂ grid and the most-copied grid.
 
-Images are captioned with their names. matplotlib is imported lazily (Agg backend).
+Images are captioned with their names. matplotlib comes from :mod:`diffmem.plotting` (on first use, Agg).
 """
 
 from __future__ import annotations
@@ -11,20 +11,12 @@ import numpy as np
 
 from diffmem.measure.core import Measurement
 from diffmem.measure.tables import TableNames, copy_rank, group_counts
+from diffmem.plotting import pyplot, save_png
 
 GRID_ROWS_PER_GROUP = 4  # most memorized, borderline and least memorized samples each
 COPIED_ROWS = 8  # training images shown in the most-copied grid
 COPIES_PER_ROW = 5  # copies shown beside each
 NAME_CHARS = 24  # names longer than this are shortened from the left in captions
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def short(name: str, limit: int = NAME_CHARS) -> str:
@@ -34,7 +26,7 @@ def short(name: str, limit: int = NAME_CHARS) -> str:
 
 def plot_histogram(m: Measurement, path: Path, heldout_ratio: np.ndarray | None = None) -> None:
     """Histogram of d₁/d₂ with the threshold line (and the held-out images' d₁/d₂ when given)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     bins = np.linspace(0.0, 1.0, 51)
     ax.hist(m.ratio, bins=bins, color="#4c72b0", label=f"generated samples ({m.ratio.size:,})")
@@ -51,8 +43,7 @@ def plot_histogram(m: Measurement, path: Path, heldout_ratio: np.ndarray | None 
                  f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def grid_rows(m: Measurement, per_group: int = GRID_ROWS_PER_GROUP) -> list[tuple[str, int]]:
@@ -81,7 +72,7 @@ def _show(ax, img: np.ndarray) -> None:
 def plot_grid(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Path,
               names: TableNames | None = None) -> None:
     """Rows of generated | NN₁ | NN₂, each captioned with its name (index when unnamed) and the row's d₁/d₂."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = grid_rows(m)
     fig, axes = plt.subplots(len(rows), 3, figsize=(5.4, 1.35 * len(rows)), dpi=100, squeeze=False)
     for r, (group, i) in enumerate(rows):
@@ -99,8 +90,7 @@ def plot_grid(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Path
             ax.set_title(title, fontsize=5.5)
         axes[r, 0].set_ylabel(f"d1/d2 {m.ratio[i]:.3f}", fontsize=6)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def copied_rows(m: Measurement, rows: int = COPIED_ROWS, per_row: int = COPIES_PER_ROW
@@ -124,7 +114,7 @@ def plot_copies(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Pa
     rows = copied_rows(m)
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), COPIES_PER_ROW + 1, figsize=(1.1 * (COPIES_PER_ROW + 1), 1.3 * len(rows)),
                              dpi=100, squeeze=False)
     for r, (t, count, mine) in enumerate(rows):
@@ -141,6 +131,5 @@ def plot_copies(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Pa
             else:
                 ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
     return True

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from diffmem.config import MeasureConfig
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 from diffmem.io import ImageSet
 from diffmem.measure.copying import Cells, auto_cells, data_copying_test, fit_cells
 from diffmem.measure.core import Measurement, measure
@@ -35,11 +35,9 @@ HELDOUT_KEYS = ("memorization_ratio", "ci_low", "ci_high", "confidence", "n_memo
 def check_copying_config(cfg: MeasureConfig) -> None:
     """Refuse bad data-copying settings (one line naming the option)."""
     if cfg.copying_cells < 0:
-        raise UsageError(f"--cells: {cfg.copying_cells} is not valid; expected a number of k-means cells ≥ 1, "
-                         "or 0 for the default")
+        raise bad("--cells", cfg.copying_cells, "a number of k-means cells ≥ 1, or 0 for the default")
     if cfg.copying_tau is not None and not 0.0 < cfg.copying_tau <= 1.0:
-        raise UsageError(f"--tau: {cfg.copying_tau} is not valid; expected the fraction of samples a cell needs, "
-                         "in (0, 1]")
+        raise bad("--tau", cfg.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
+from diffmem.extras import require
 from diffmem.measure.exact import exact_sq_dist, rerank, score_error_bound
 from diffmem.measure.vectors import TrainIndex, sq_norms
+from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
+BACKENDS = ("torch", "faiss")  # the fast stage: torch matrix products, or a FAISS flat index ([faiss] extra)
 
 MAX_BLOCK_ROWS = 4096  # training rows per matrix product (a good GEMM shape on 2 CPU cores)
 MAX_QUERY_ROWS = 2048  # query rows per matrix product
@@ -111,8 +114,6 @@ def fast_candidates(
     out_score = np.empty((n, k), np.float32)
     bar = None
     if progress:
-        from diffmem.progress import progress_bar
-
         bar = progress_bar(-(-n // nq) * scorer.n_blocks(), "nearest-neighbour blocks", "block")
     with full_precision(), torch.inference_mode():
         for i in range(0, n, nq):
@@ -170,11 +171,7 @@ def widen(
 
 def faiss_candidates(queries: np.ndarray, index: TrainIndex, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates from a FAISS IndexFlatL2 over the distinct rows: (ids n×k, float32 ‖a−b‖² n×k)."""
-    try:
-        import faiss
-    except ImportError as e:
-        raise UsageError("--backend: 'faiss' needs the faiss package; install diffmem[faiss] "
-                         "or use --backend torch") from e
+    faiss = require("faiss", "faiss", "--backend faiss")
     flat = faiss.IndexFlatL2(index.dim)
     rows = index.vectors[index.unique_ids] if index.n_unique < index.n else index.vectors
     flat.add(np.ascontiguousarray(rows, dtype=np.float32))
@@ -187,7 +184,7 @@ def search(
     index: TrainIndex,  # prepared training set (see vectors.prepare_train)
     *,
     candidates: int = 8,  # rows kept per query by the fast stage before the exact re-rank
-    backend: str = "torch",  # torch | faiss
+    backend: str = "torch",  # one of BACKENDS
     device: torch.device | str = "cpu",
     memory_mb: int = 1024,  # working-memory budget of the fast stage
     progress: bool = False,
@@ -197,7 +194,7 @@ def search(
         raise UsageError(f"queries have {queries.shape[1:]} values each but training vectors have {index.dim}; "
                          "expected the same length")
     if candidates < 2:
-        raise UsageError(f"--candidates: {candidates} is not valid; expected at least 2")
+        raise bad("--candidates", candidates, "at least 2")
     device = torch.device(device)
     k = min(candidates, index.n_unique)
     q_sq = sq_norms(queries)
@@ -208,7 +205,7 @@ def search(
         cand_ids, cand_score = faiss_candidates(queries, index, k)
         offset = np.zeros_like(q_sq)
     else:
-        raise UsageError(f"--backend: {backend!r} is not valid; expected torch or faiss")
+        raise bad("--backend", backend, " or ".join(BACKENDS))
     ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq, backend == "faiss")
     todo = np.flatnonzero(~certified)
     if todo.size:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (Wilson 1927, eq. of the score test).
+    """Wilson score interval for k successes in n trials: the interval of the score test ("Probable inference,
+    the law of succession, and statistical inference", Journal of the American Statistical Association, 1927).
 
     centre = (p̂ + z²/2n) / (1 + z²/n),  half = z/(1 + z²/n) · √(p̂(1 − p̂)/n + z²/4n²).
     """
     if n <= 0:
-        raise UsageError(f"n: {n} samples is not valid; expected at least one sample")
+        raise bad("n", n, "at least one sample", shown=f"{n} samples")
     if not 0 <= k <= n:
-        raise UsageError(f"k: {k} is not valid; expected a count between 0 and n = {n}")
+        raise bad("k", k, f"a count between 0 and n = {n}", shown=str(k))
     if not 0.0 < confidence < 1.0:
-        raise UsageError(f"confidence: {confidence} is not valid; expected a number between 0 and 1")
+        raise bad("confidence", confidence, "a number between 0 and 1", shown=str(confidence))
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     p = k / n
     denom = 1.0 + z * z / n

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet
+from diffmem.seeds import ROW_HASH
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def as_vectors(x: ImageSet | np.ndarray, what: str) -> tuple[np.ndarray, tuple[i
     if a.shape[0] == 0:
         raise UsageError(f"{what}: holds no images or vectors; expected at least one")
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise UsageError(f"{what}: dtype {a.dtype} is not valid; expected uint8 pixels or real feature vectors")
+        raise bad(what, a, "uint8 pixels or real feature vectors", shown=f"dtype {a.dtype}")
     shape = tuple(int(s) for s in a.shape[1:])
     v = a.reshape(a.shape[0], -1)
     if v.dtype != np.uint8:
@@ -131,7 +132,7 @@ def _row_hashes_and_norms(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     row_bytes = d * v.itemsize
     words = -(-row_bytes // 8)
     # fixed odd multipliers: a linear hash mod 2^64; equal hashes are verified byte for byte afterwards
-    w = np.random.default_rng(0x5EED).integers(0, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    w = np.random.default_rng(ROW_HASH).integers(0, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     hashes = np.empty(n, np.uint64)
     step = max(1, HASH_CHUNK_BYTES // max(row_bytes, 1))
     buf = np.zeros((min(step, n), words * 8), np.uint8)  # reused: one allocation for every chunk

@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, Agg backend), in the style of the reference study."""
+"""The report's figures (matplotlib through :mod:`diffmem.plotting`), in the style of the reference study."""
 
 from __future__ import annotations
 
@@ -6,26 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+from diffmem.fmt import pct
+from diffmem.plotting import pyplot, save_png
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    from diffmem.artefacts import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    _pyplot().close(fig)
-    return path
+    """A report figure: 110 dpi, cropped to what is drawn."""
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _optimum_label(label: str | None) -> str:
@@ -38,7 +25,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
     Each curve: ``label``, ``points`` (size, ratio, ci), ``emm``, ``ci`` (interval of the EMM) and
     optionally ``optimal`` ({size: ratio}, drawn dashed as the theoretical reference).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, c in enumerate(curves):
@@ -59,7 +46,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
             ax.plot(xs, [opt[str(s)] if str(s) in opt else opt[s] for s in xs], ls="--", marker="x", ms=4,
                     color=color, alpha=0.6, label=_optimum_label(c.get("label")))
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
-    ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    ax.text(0.01, threshold, f"{pct(threshold)}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training-set size |D| (log scale)")
     ax.set_ylabel("memorization ratio (fraction of samples)")
@@ -73,7 +60,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
 
 def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Path, title: str = "") -> Path:
     """Memorization ratio against training progress (kimg), one line per size (and repeat)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     runs: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for r in rows:
@@ -101,7 +88,7 @@ def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Pa
 def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: str, path: Path,
                     title: str = "") -> Path:
     """Memorization ratio against the factor's value (categorical axis), one series per fixed size."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels = [v["label"] for v in values]
     sizes = sorted({p["size"] for v in values for p in v["points"]})
@@ -117,7 +104,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
                     hi.append(p["ci"][1] - p["ratio"])
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, ls="", label=f"|D| = {size:,}")
     ax.axhline(threshold, color="k", lw=0.8, ls="--")
-    ax.text(0.01, threshold, f"{threshold:.0%}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    ax.text(0.01, threshold, f"{pct(threshold)}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
     ax.set_xticks(range(len(values)), labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0,
                   fontsize=8)
     ax.set_xlabel(factor)
@@ -130,9 +117,9 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
     return _save(fig, path)
 
 
-def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> Path:
+def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path, *, confidence: float) -> Path:
     """EMM against the factor's value with its interval (bracket shown where there is no estimate)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     labels = [v["label"] for v in values]
     xs = list(range(len(values)))
@@ -149,5 +136,5 @@ def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path) -> 
     ax.set_xlabel(factor)
     ax.set_ylabel("EMM (training images; log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.set_title("EMM (dot, 95 % interval) and bracket (bar) per factor value", fontsize=10)
+    ax.set_title(f"EMM (dot, {pct(confidence)} interval) and bracket (bar) per factor value", fontsize=10)
     return _save(fig, path)

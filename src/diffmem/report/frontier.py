@@ -9,12 +9,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmem.report.figures import _pyplot, _save
+from diffmem.fmt import pct
+from diffmem.plotting import pyplot
+from diffmem.report.blocks import Block, Figure, Heading, Paragraph, Table
+from diffmem.report.figures import _save
+from diffmem.sweep.frontier import frontier_table
+from diffmem.sweep.law import law_lines
 
 
 def _log(ax, which: str) -> None:
     """A log axis labelled in plain numbers at 1, 2 and 5 × 10^k (no crowded minor labels)."""
-    from matplotlib import ticker
+    from matplotlib import ticker  # matplotlib loads on the first figure (see diffmem.plotting)
 
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
@@ -23,11 +28,11 @@ def _log(ax, which: str) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], path: Path) -> Path:
-    """Left: EMM against the budget (kimg), log–log: the EMM with its 95 % interval, the bracket as a band, the
-    fitted law (dashed, bootstrap band) beyond the budgets trained, the hold-out prediction for the final
+def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], path: Path, confidence: float) -> Path:
+    """Left: EMM against the budget (kimg), log–log: the EMM with its interval (at ``confidence``), the bracket as a
+    band, the fitted law (dashed, bootstrap band) beyond the budgets trained, the hold-out prediction for the final
     budget. Right: the budget in images seen per training image at the EMM, T·1000 / EMM(T), against T."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     est = [b for b in front if b["emm"] is not None]
     T = [b["kimg"] for b in est]
@@ -40,7 +45,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
                          [b["bracket"][1] for b in closed], color="C1", alpha=0.18, step="mid",
                          label="bracket (memorizes, does not)")
     ax1.errorbar(T, E, yerr=[[e - x for e, x in zip(E, lo)], [x - e for e, x in zip(E, hi)]], marker="o", ms=4,
-                 capsize=3, color="C0", ls="", label="EMM (95 % interval)")
+                 capsize=3, color="C0", ls="", label=f"EMM ({pct(confidence)} interval)")
     below = [b for b in front if b["below_range"]]
     if below:  # EMM < the smallest size measured
         ax1.plot([b["kimg"] for b in below], [b["bracket"][1] for b in below], marker="v", ls="", color="C4",
@@ -80,7 +85,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
     y = [t * 1000 / e for t, e in zip(T, E)]
     ax2.errorbar(T, y, yerr=[[v - t * 1000 / h for v, t, h in zip(y, T, hi)], [t * 1000 / w - v for v, t, w in
                                                                              zip(y, T, lo)]],
-                 marker="o", ms=4, capsize=3, color="C0", ls="", label="at the EMM (95 % interval)")
+                 marker="o", ms=4, capsize=3, color="C0", ls="", label=f"at the EMM ({pct(confidence)} interval)")
     if curve:
         ax2.plot([c["kimg"] for c in curve], [c["kimg"] * 1000 / c["emm"] for c in curve], ls="--", color="C2",
                  label="law (flat when α = 1)")
@@ -99,7 +104,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
 def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
     """τ_mem against |D| on log–log axes: interpolated onsets with the snapshots that bound them, censored
     sizes as triangles, the fitted line with its bootstrap band, and the linear law (α = 1) for reference."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ons = law.get("onsets") or []
     inner = [o for o in ons if o["kimg"] is not None]
@@ -140,38 +145,35 @@ def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def frontier_blocks(directory: Path, s: Mapping[str, Any], figdir: Path) -> list[tuple]:
-    """Report blocks of the frontier (none when the search has a single budget)."""
-    from diffmem.sweep.frontier import frontier_table
-    from diffmem.sweep.law import law_lines
-
+def frontier_blocks(directory: Path, s: Mapping[str, Any], figdir: Path, *, confidence: float) -> list[Block]:
+    """Report blocks of the frontier (none when the search has a single budget); intervals at ``confidence``."""
     front = s.get("frontier") or []
     if len(front) < 2:
         return []
     law = s.get("law") or {}
     t = s["threshold"]
-    header, rows = frontier_table(front)
-    f1 = emm_vs_budget(front, law, figdir / "frontier.png")
-    blocks: list[tuple] = [
-        ("h", 2, "Frontier: the EMM at every training budget"),
-        ("p", f"For each snapshot budget T, each size's ratio is its best snapshot up to T, and EMM(T) is the largest "
-              f"|D| still memorizing ≥ {t:.0%} at T (interpolated in log |D|, as above). A size whose run stopped "
-              "once it memorized counts as memorizing at later budgets (its ratio is then a lower bound). "
-              f"{s.get('training_kimg', 0):,.0f} kimg of training in all."),
-        ("table", header, rows),
-        ("img", f1.relative_to(directory), "Left: EMM against the training budget (kimg) with its 95 % interval, the "
-                                           "bracket (band), the fitted law (dashed) and the hold-out prediction "
-                                           "(diamond). Right: the same budgets in images seen per training image at "
-                                           "the EMM (constant under the linear law)"),
-        ("h", 2, "The law τ_mem = a·|D|^α"),
-        ("p", "τ_mem(|D|) is the budget at which a training set of |D| images first reaches 1 − ε. A linear law "
-              "(α = 1) makes the frontier a straight line of slope 1 on log–log axes and the images seen per "
-              "training image at the EMM a constant (\"Why diffusion models don't memorize: the role of implicit "
-              "dynamical regularization in training\", 2025)."),
+    header, rows = frontier_table(front, confidence)
+    f1 = emm_vs_budget(front, law, figdir / "frontier.png", confidence)
+    blocks: list[Block] = [
+        Heading(2, "Frontier: the EMM at every training budget"),
+        Paragraph(f"For each snapshot budget T, each size's ratio is its best snapshot up to T, and EMM(T) is the "
+                  f"largest |D| still memorizing ≥ {pct(t)} at T (interpolated in log |D|, as above). A size whose run "
+                  "stopped once it memorized counts as memorizing at later budgets (its ratio is then a lower bound). "
+                  f"{s.get('training_kimg', 0):,.0f} kimg of training in all."),
+        Table(header, rows),
+        Figure(f1.relative_to(directory), f"Left: EMM against the training budget (kimg) with its {pct(confidence)} "
+                                          "interval, the bracket (band), the fitted law (dashed) and the hold-out "
+                                          "prediction (diamond). Right: the same budgets in images seen per training "
+                                          "image at the EMM (constant under the linear law)"),
+        Heading(2, "The law τ_mem = a·|D|^α"),
+        Paragraph("τ_mem(|D|) is the budget at which a training set of |D| images first reaches 1 − ε. A linear law "
+                  "(α = 1) makes the frontier a straight line of slope 1 on log–log axes and the images seen per "
+                  "training image at the EMM a constant (\"Why diffusion models don't memorize: the role of implicit "
+                  "dynamical regularization in training\", 2025)."),
     ]
-    blocks += [("p", line + ".") for line in law_lines(law, t)]
+    blocks += [Paragraph(line + ".") for line in law_lines(law, t)]
     if law.get("onsets"):
         f2 = onset_vs_size(law, figdir / "onsets.png")
-        blocks.append(("img", f2.relative_to(directory), "τ_mem against |D| (log–log): onsets, censored sizes, the "
-                                                         "fitted law with its bootstrap band, and α = 1 for reference"))
+        blocks.append(Figure(f2.relative_to(directory), "τ_mem against |D| (log–log): onsets, censored sizes, the "
+                                                        "fitted law with its bootstrap band, and α = 1 for reference"))
     return blocks

@@ -1,13 +1,13 @@
 """``diffmem report DIR``: a Markdown and an HTML page (``report.md``, ``report.html``, ``figures/``)
 for an EMM or a study directory, written from what the directory holds (nothing is recomputed).
 
-The page is built as a list of blocks (heading, paragraph, table, figure, code) rendered twice,
-once to Markdown and once to HTML, so both always say the same.
+The page is built as a list of blocks (:mod:`diffmem.report.blocks`) rendered twice, once to Markdown and
+once to HTML, so both always say the same. Intervals are given at the search's ``measure.confidence`` and
+the line is drawn at its 1 − ε, as its ``config.json`` says.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import shlex
 import shutil
@@ -16,11 +16,14 @@ from typing import Any
 
 from diffmem.artefacts import atomic_write_text, read_manifest
 from diffmem.errors import UsageError
+from diffmem.fmt import pct
+from diffmem.fmt import size as _size
 from diffmem.report import figures
+from diffmem.report.blocks import Block, Code, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from diffmem.report.frontier import frontier_blocks
+from diffmem.sweep.estimate import straddles
 from diffmem.sweep.study import value_label
-
-Block = tuple  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) | ("code", text)
+from diffmem.sweep.table import read_table
 
 
 def _load(path: Path) -> Any:
@@ -28,25 +31,15 @@ def _load(path: Path) -> Any:
         return json.load(f)
 
 
-def _rows(directory: Path) -> list[dict[str, Any]]:
-    from diffmem.sweep.table import read_table
-
-    return read_table(directory)
-
-
-def _size(x: float | None) -> str:
-    return "—" if x is None else f"{x:,.0f}"
-
-
-def _emm_text(s: dict[str, Any], threshold: float) -> str:
+def _emm_text(s: dict[str, Any], threshold: float, confidence: float) -> str:
     lo, hi = s["bracket"]
     if s.get("emm") is not None:
-        return (f"EMM ≈ **{_size(s['emm'])}** training images (95 % interval [{_size(s['ci'][0])}, "
-                f"{_size(s['ci'][1])}]); bracket: |D| = {_size(lo)} memorizes ≥ {threshold:.0%}, "
+        return (f"EMM ≈ **{_size(s['emm'])}** training images ({pct(confidence)} interval [{_size(s['ci'][0])}, "
+                f"{_size(s['ci'][1])}]); bracket: |D| = {_size(lo)} memorizes ≥ {pct(threshold)}, "
                 f"|D| = {_size(hi)} does not")
     if lo is None:
-        return f"EMM < {_size(hi)}: the smallest size measured does not memorize ≥ {threshold:.0%}"
-    return f"EMM ≥ {_size(lo)}: the largest size measured still memorizes ≥ {threshold:.0%}"
+        return f"EMM < {_size(hi)}: the smallest size measured does not memorize ≥ {pct(threshold)}"
+    return f"EMM ≥ {_size(lo)}: the largest size measured still memorizes ≥ {pct(threshold)}"
 
 
 def _heldout_cells(p: dict[str, Any]) -> list[str]:
@@ -58,21 +51,21 @@ def _heldout_cells(p: dict[str, Any]) -> list[str]:
     return [f"{p['heldout_ratio']:.3f} [{lo:.3f}, {hi:.3f}] of {p['n_heldout']:,}", ct]
 
 
-def _points_table(s: dict[str, Any], threshold: float) -> Block:
+def _points_table(s: dict[str, Any], threshold: float, confidence: float) -> Table:
     opt = s.get("optimal") or {}
     held = any("heldout_ratio" in p for p in s["points"])
     rows = []
     for p in s["points"]:
         o = opt.get(str(p["size"]))
-        flag = "straddles" if p["ci"][0] < threshold <= p["ci"][1] else ""
+        flag = "straddles" if straddles(p["ci"], threshold) else ""
         if p.get("lower_bound"):  # frontier mode: the run stopped once it memorized
             flag = "lower bound (run stopped once memorized)"
         rows.append([f"{p['size']:,}", f"{p['ratio']:.3f}", f"[{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]",
                      f"{p['best_snapshot_kimg'] or 0:g}", f"{p['n_samples']:,}", "—" if o is None else f"{o:.3f}",
                      *(_heldout_cells(p) if held else []), flag])
     heads = ["held-out ratio (rule's false positives)", "C_T (best snapshot)"] if held else []
-    return ("table", ["|D|", "ratio", "95 % interval", "best snapshot (kimg)", "samples", "optimum ratio", *heads,
-                      f"interval vs {threshold:.0%}"], rows)
+    return Table(["|D|", "ratio", f"{pct(confidence)} interval", "best snapshot (kimg)", "samples", "optimum ratio",
+                  *heads, f"interval vs {pct(threshold)}"], rows)
 
 
 HELDOUT_NOTE = ("Held-out baseline: the images of the source that follow each subset in its priority order (same "
@@ -96,9 +89,9 @@ def _grids(directory: Path, jobs_root: Path, rows: list[dict[str, Any]], points:
             if src.is_file():
                 dst = figdir / f"{prefix}grid-s{p['size']}.png"
                 shutil.copyfile(src, dst)
-                blocks.append(("img", dst.relative_to(directory),
-                               f"|D| = {p['size']:,}, snapshot {r['snapshot_kimg']:g} kimg: sample | NN₁ | NN₂ "
-                               f"(ratio {r['ratio']:.3f} of {r['n_samples']:,} samples memorized)"))
+                blocks.append(Figure(dst.relative_to(directory),
+                                     f"|D| = {p['size']:,}, snapshot {r['snapshot_kimg']:g} kimg: sample | NN₁ | NN₂ "
+                                     f"(ratio {r['ratio']:.3f} of {r['n_samples']:,} samples memorized)"))
     return blocks
 
 
@@ -107,29 +100,37 @@ def _jobs_root(directory: Path) -> Path:
     return (directory / m.get("jobs_root", "jobs")).resolve()
 
 
+def _levels(cfg: dict[str, Any]) -> tuple[float, float]:
+    """(1 − ε, the confidence of every interval) of a resolved EMM config (``config.json``)."""
+    return 1.0 - cfg["epsilon"], cfg["measure"]["confidence"]
+
+
 def emm_blocks(directory: Path, figdir: Path) -> list[Block]:
     s = _load(directory / "emm.json")
     cfg = _load(directory / "config.json")
-    rows = _rows(directory)
-    t = s["threshold"]
+    rows = read_table(directory)
+    t, conf = _levels(cfg)
     f1 = figures.ratio_vs_size([{"label": "trained", "points": s["points"], "emm": s["emm"], "ci": s["ci"],
                                  "optimal": s.get("optimal")}], t, figdir / "ratio_vs_size.png")
     f2 = figures.ratio_vs_progress(rows, t, figdir / "ratio_vs_progress.png")
     blocks: list[Block] = [
-        ("h", 1, f"EMM of {cfg['data']['source']} — {directory.name}"),
-        ("p", _emm_text(s, t) + "."),
-        ("p", f"Memorized: d(x, NN₁)/d(x, NN₂) < {cfg['measure']['threshold']:.4g}; ratio = fraction of "
-              f"{cfg['n_samples']:,} generated samples per measurement, best snapshot per run; ε = {s['epsilon']:g}. "
-              f"Trainings: {s['n_trainings']} ({s.get('n_trained_now', 0)} in the last invocation); wall time of the "
-              f"last invocation {s['wall_s']:,.1f} s."),
-        _points_table(s, t),
-        *([("p", HELDOUT_NOTE)] if any("heldout_ratio" in p for p in s["points"]) else []),
-        ("img", f1.relative_to(directory), "Memorization ratio against |D| (95 % intervals), the 90 % line, the EMM "
-                                           "(dotted) with its interval (shaded), the closed-form optimum (dashed)"),
-        ("img", f2.relative_to(directory), "Memorization ratio against training progress, one line per size"),
+        Heading(1, f"EMM of {cfg['data']['source']} — {directory.name}"),
+        Paragraph(_emm_text(s, t, conf) + "."),
+        Paragraph(f"Memorized: d(x, NN₁)/d(x, NN₂) < {cfg['measure']['threshold']:.4g}; ratio = fraction of "
+                  f"{cfg['n_samples']:,} generated samples per measurement, best snapshot per run; ε = "
+                  f"{cfg['epsilon']:g}; intervals at {pct(conf)} confidence. Trainings: {s['n_trainings']} "
+                  f"({s.get('n_trained_now', 0)} in the last invocation); wall time of the last invocation "
+                  f"{s['wall_s']:,.1f} s."),
+        _points_table(s, t, conf),
+        *([Paragraph(HELDOUT_NOTE)] if any("heldout_ratio" in p for p in s["points"]) else []),
+        Figure(f1.relative_to(directory), f"Memorization ratio against |D| ({pct(conf)} intervals), the {pct(t)} "
+                                          "line, the EMM (dotted) with its interval (shaded), the closed-form optimum "
+                                          "(dashed)"),
+        Figure(f2.relative_to(directory), f"Memorization ratio against training progress, one line per size, and the "
+                                          f"{pct(t)} line"),
     ]
     blocks += _grids(directory, _jobs_root(directory), rows, s["points"], figdir, "")
-    blocks += frontier_blocks(directory, s, figdir)
+    blocks += frontier_blocks(directory, s, figdir, confidence=conf)
     blocks += _reproduce(directory, cfg, "emm")
     return blocks
 
@@ -142,48 +143,53 @@ def _ratio_cell(v: dict[str, Any], size: int) -> str:
 def study_blocks(directory: Path, figdir: Path) -> list[Block]:
     s = _load(directory / "study.json")
     cfg = _load(directory / "config.json")
-    t = 1.0 - cfg["base"]["epsilon"]
     curves, values = [], []
-    blocks: list[Block] = [("h", 1, f"Study {s['name']} — factors {', '.join(s['factors']) or '(none)'}")]
+    blocks: list[Block] = [Heading(1, f"Study {s['name']} — factors {', '.join(s['factors']) or '(none)'}")]
     for v in s["values"]:
         label = value_label(v["factors"])
         curves.append({"label": label, "points": v["points"], "emm": v["emm"], "ci": v["ci"],
                        "optimal": v.get("optimal")})
-        values.append({"label": label, **v})
+        t_v, conf_v = _levels(_load(directory / v["dir"] / "config.json"))  # ε and confidence may be factors
+        values.append({"label": label, **v, "threshold": t_v, "confidence": conf_v})
+    levels = {(v["threshold"], v["confidence"]) for v in values}
+    t, conf = levels.pop() if len(levels) == 1 else _levels(cfg["base"])
+    each = "" if not levels else " (the base's; each value's own in its section)"
     sizes = sorted({p["size"] for v in values for p in v["points"]})
     if s["mode"] == "emm" or len(sizes) > 1:
         f1 = figures.ratio_vs_size(curves, t, figdir / "ratio_vs_size.png", title=s["name"])
-        blocks.append(("img", f1.relative_to(directory), "Memorization ratio against |D| per factor value, the 90 % "
-                                                         "line and each value's EMM (dotted, interval shaded)"))
+        blocks.append(Figure(f1.relative_to(directory), f"Memorization ratio against |D| per factor value, the "
+                                                        f"{pct(t)} line{each} and each value's EMM (dotted, interval "
+                                                        "shaded)"))
     if s["mode"] == "ratio":
         f3 = figures.ratio_vs_factor(values, t, ", ".join(s["factors"]), figdir / "ratio_vs_factor.png",
                                      title=s["name"])
-        blocks.append(("img", f3.relative_to(directory), "Memorization ratio against the factor's value at each "
-                                                         "fixed size (95 % intervals) and the 90 % line"))
-        blocks.append(("table", ["factor value"] + [f"ratio at |D| = {n:,} (95 % interval)" for n in sizes] +
-                       ["best snapshot (kimg)", "samples"],
-                       [[v["label"]] + [_ratio_cell(v, n) for n in sizes] +
-                        [" / ".join(f"{p['best_snapshot_kimg'] or 0:g}" for p in v["points"]),
-                         f"{max((p['n_samples'] for p in v['points']), default=0):,}"] for v in values]))
+        blocks.append(Figure(f3.relative_to(directory), f"Memorization ratio against the factor's value at each fixed "
+                                                        f"size ({pct(conf)} intervals) and the {pct(t)} line{each}"))
+        blocks.append(Table(["factor value"] + [f"ratio at |D| = {n:,} ({pct(conf)} interval{each})" for n in sizes]
+                            + ["best snapshot (kimg)", "samples"],
+                            [[v["label"]] + [_ratio_cell(v, n) for n in sizes] +
+                             [" / ".join(f"{p['best_snapshot_kimg'] or 0:g}" for p in v["points"]),
+                              f"{max((p['n_samples'] for p in v['points']), default=0):,}"] for v in values]))
     else:
-        f2 = figures.emm_vs_factor(values, ", ".join(s["factors"]), figdir / "emm_vs_factor.png")
-        blocks.append(("img", f2.relative_to(directory), "EMM against the factor's value with its 95 % interval"))
-        blocks.append(("table", ["factor value", "EMM", "95 % interval", "bracket", "trainings"],
-                       [[v["label"], _size(v["emm"]), f"[{_size(v['ci'][0])}, {_size(v['ci'][1])}]",
-                         f"[{_size(v['bracket'][0])}, {_size(v['bracket'][1])}]", str(v["n_trainings"])]
-                        for v in values]))
+        f2 = figures.emm_vs_factor(values, ", ".join(s["factors"]), figdir / "emm_vs_factor.png", confidence=conf)
+        blocks.append(Figure(f2.relative_to(directory), f"EMM against the factor's value with its {pct(conf)} "
+                                                        f"interval{each}"))
+        blocks.append(Table(["factor value", "EMM", f"{pct(conf)} interval{each}", "bracket", "trainings"],
+                            [[v["label"], _size(v["emm"]), f"[{_size(v['ci'][0])}, {_size(v['ci'][1])}]",
+                              f"[{_size(v['bracket'][0])}, {_size(v['bracket'][1])}]", str(v["n_trainings"])]
+                             for v in values]))
     jobs_root = directory / "jobs"
     for i, v in enumerate(values):
         sub = directory / v["dir"]
-        rows = _rows(sub)
-        blocks.append(("h", 2, v["label"]))
-        blocks.append(("p", _emm_text(v, t) + "."))
-        blocks.append(_points_table(v, t))
-        f = figures.ratio_vs_progress(rows, t, figdir / f"v{i}-ratio_vs_progress.png", title=v["label"])
-        blocks.append(("img", f.relative_to(directory), f"{v['label']}: ratio against training progress per size"))
+        rows = read_table(sub)
+        blocks.append(Heading(2, v["label"]))
+        blocks.append(Paragraph(_emm_text(v, v["threshold"], v["confidence"]) + "."))
+        blocks.append(_points_table(v, v["threshold"], v["confidence"]))
+        f = figures.ratio_vs_progress(rows, v["threshold"], figdir / f"v{i}-ratio_vs_progress.png", title=v["label"])
+        blocks.append(Figure(f.relative_to(directory), f"{v['label']}: ratio against training progress per size"))
         near = {x for x in v["bracket"] if x is not None}
         blocks += _grids(directory, jobs_root, rows, v["points"], figdir, f"v{i}-", sizes=near)
-    blocks.append(("p", f"Trainings: {s['n_trainings']}; wall time of the last invocation {s['wall_s']:,.1f} s."))
+    blocks.append(Paragraph(f"Trainings: {s['n_trainings']}; wall time of the last invocation {s['wall_s']:,.1f} s."))
     blocks += _reproduce(directory, cfg, "study")
     return blocks
 
@@ -192,64 +198,13 @@ def _reproduce(directory: Path, cfg: dict[str, Any], command: str) -> list[Block
     m = read_manifest(directory) or {}
     d = shlex.quote(str(directory))
     return [
-        ("h", 2, "Reproduce"),
-        ("p", f"diffmem {m.get('version', '?')}. The resolved config below is `{directory.name}/config.json`; "
-              "rerunning on the same directory reuses every finished run."),
-        ("code", f"diffmem {command} --config {d}/config.json --out {d}\ndiffmem report {d}"),
-        ("h", 2, "Resolved configuration"),
-        ("code", json.dumps(cfg, indent=2)),
+        Heading(2, "Reproduce"),
+        Paragraph(f"diffmem {m.get('version', '?')}. The resolved config below is `{directory.name}/config.json`; "
+                  "rerunning on the same directory reuses every finished run."),
+        Code(f"diffmem {command} --config {d}/config.json --out {d}\ndiffmem report {d}"),
+        Heading(2, "Resolved configuration"),
+        Code(json.dumps(cfg, indent=2)),
     ]
-
-
-def _cell(text: str) -> str:
-    """A Markdown table cell: a literal ``|`` (as in ``|D|``) would end the cell."""
-    return text.replace("|", "\\|")
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        if b[0] == "h":
-            out.append("#" * b[1] + " " + b[2])
-        elif b[0] == "p":
-            out.append(b[1])
-        elif b[0] == "table":
-            out.append("| " + " | ".join(map(_cell, b[1])) + " |\n|" + "---|" * len(b[1]) + "\n" +
-                       "\n".join("| " + " | ".join(map(_cell, r)) + " |" for r in b[2]))
-        elif b[0] == "img":
-            out.append(f"![{b[2]}]({b[1].as_posix()})\n\n*{b[2]}*")
-        elif b[0] == "code":
-            out.append("```\n" + b[1] + "\n```")
-    return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-    parts = html.escape(text).split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts)).replace("`", "")
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-           "pre{background:#f4f4f4;padding:8px;overflow:auto}figure{margin:1em 0}img{max-width:100%}</style>"
-           "</head><body>"]
-    for b in blocks:
-        if b[0] == "h":
-            out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            out.append(f"<p>{_inline(b[1])}</p>")
-        elif b[0] == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif b[0] == "img":
-            out.append(f"<figure><img src='{html.escape(b[1].as_posix())}' alt=''>"
-                       f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
-        elif b[0] == "code":
-            out.append(f"<pre>{html.escape(b[1])}</pre>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 def render_report(directory: str | Path) -> Path:
@@ -266,8 +221,9 @@ def render_report(directory: str | Path) -> Path:
     figdir.mkdir(exist_ok=True)
     blocks = emm_blocks(directory, figdir) if m["stage"] == "emm" else study_blocks(directory, figdir)
     atomic_write_text(directory / "report.md", to_markdown(blocks))
-    atomic_write_text(directory / "report.html", to_html(blocks, blocks[0][2]))
-    used = {directory / b[1] for b in blocks if b[0] == "img"}
+    title = blocks[0].text if isinstance(blocks[0], Heading) else directory.name
+    atomic_write_text(directory / "report.html", to_html(blocks, title))
+    used = {directory / b.path for b in blocks if isinstance(b, Figure)}
     for png in figdir.glob("*.png"):  # figures of an earlier rendering that this report no longer shows
         if png not in used:
             png.unlink()

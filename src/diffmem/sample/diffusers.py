@@ -34,7 +34,8 @@ from diffmem.devices import resolve_device
 from diffmem.errors import RunError, UsageError, bad
 from diffmem.extras import require
 from diffmem.io import ImageSet
-from diffmem.sample.generate import check_request, draw_labels, run_batches
+from diffmem.sample.generate import check_request, run_batches
+from diffmem.sample.labels import draw_labels
 from diffmem.sample.noise import SeedNoise
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ import torch
 
 from diffmem.config import SampleConfig
 from diffmem.devices import resolve_device
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet, to_uint8
 from diffmem.progress import progress_bar
+from diffmem.sample.labels import as_classes, as_labels, draw_labels
 from diffmem.sample.noise import SEED_MAX, SeedNoise
 from diffmem.sample.schedule import schedule_for
 from diffmem.sample.solvers import SOLVERS
@@ -32,7 +33,7 @@ def check_sample_config(cfg: SampleConfig, names: dict[str, str] | None = None) 
 
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            raise UsageError(f"{names[field]}: {getattr(cfg, field)!r} is not valid; expected {expected}")
+            raise bad(names[field], getattr(cfg, field), expected)
 
     need(cfg.solver in SOLVERS, "solver", f"one of {sorted(SOLVERS)}")
     need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1")
@@ -93,54 +94,23 @@ def sample_seeds(
     return x0, (labels.cpu() if labels is not None else None)
 
 
-def draw_labels(
-    noise: SeedNoise,
-    label_dim: int,                      # classes the model takes (0: unconditional, returns None)
-    classes: torch.Tensor | None = None,  # labels to draw from; None = all label_dim
-    labels: torch.Tensor | None = None,   # given labels (one per sample): the draw is still made, then replaced
-) -> torch.Tensor | None:
-    """Each sample's label, drawn uniformly from ``classes`` by its own generator (right after its initial
-    noise), unless ``labels`` are given; int64 on the CPU. The draw always happens, so the generators
-    are in the same state afterwards whether labels were given or not."""
-    if label_dim <= 0:
-        return None
-    pool = torch.arange(label_dim) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
-    drawn = pool[noise.randint(len(pool))]
-    labels = drawn if labels is None else torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
-    if labels.shape[0] != len(noise):
-        raise UsageError(f"labels: {labels.shape[0]} labels for {len(noise)} samples; expected one per sample")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= label_dim):
-        raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
-                         f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
-    return labels
-
-
 def check_request(
     n: int, seed: int, label_dim: int, labels: np.ndarray | torch.Tensor | int | None,
     classes: np.ndarray | torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Validate a request for ``n`` samples from ``seed``: (labels, one per sample, or None; classes or None)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UsageError(f"n: {n!r} is not valid; expected an integer >= 1")
+        raise bad("n", n, "an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX - n:
-        raise UsageError(f"seed: {seed!r} is not valid; expected an integer in [0, 2**63 - 1 - n]")
+        raise bad("seed", seed, "an integer in [0, 2**63 - 1 - n]")
     if labels is not None and label_dim > 0:
         labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.shape[0] != n:
-            raise UsageError(f"labels: {labels.shape[0]} labels for {n} samples; expected one per sample or one")
-        if int(labels.min()) < 0 or int(labels.max()) >= label_dim:
-            raise UsageError(f"labels: values in [{int(labels.min())}, {int(labels.max())}] are not valid; "
-                             f"expected 0..{label_dim - 1} (the denoiser's label_dim)")
+        labels = as_labels(labels.expand(n) if labels.numel() == 1 else labels, n, label_dim)  # one for all, or each
     elif labels is not None:
         log.info("labels ignored: the model is unconditional (label_dim=0)")
         labels = None
     if classes is not None and label_dim > 0:
-        classes = torch.as_tensor(np.asarray(classes), dtype=torch.int64).reshape(-1)
-        if classes.numel() == 0 or int(classes.min()) < 0 or int(classes.max()) >= label_dim:
-            raise UsageError(f"classes: {classes.tolist()[:8]} is not valid; expected a non-empty list of labels "
-                             f"in 0..{label_dim - 1} (the denoiser's label_dim)")
+        classes = as_classes(classes, label_dim)
     return labels, classes  # type: ignore[return-value]
 
 
@@ -199,15 +169,3 @@ def generate(
                             callback=callback)
 
     return run_batches(n, seed, shape, cfg.batch, cfg.steps, sample_batch, progress=progress)
-
-
-def present_classes(labels: np.ndarray | None) -> np.ndarray | None:
-    """The sorted labels that occur in a training set (−1 = unlabeled is left out); None when none do.
-
-    Conditional samples are drawn over these, so a class that has no training image (possible with
-    random labels on a small set) is never asked for.
-    """
-    if labels is None:
-        return None
-    present = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
-    return present if present.size else None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 
 SEED_MAX = 2**63 - 1
 
@@ -25,7 +25,7 @@ class SeedNoise:
         seeds = [int(s) for s in np.asarray(seeds, dtype=np.int64).reshape(-1)]
         for s in seeds:
             if s < 0:
-                raise UsageError(f"seed: {s} is not valid; expected an integer >= 0")
+                raise bad("seed", s, "an integer >= 0")
         self.seeds = seeds
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 

@@ -8,6 +8,9 @@ For training images {y_i} the minimiser of the denoising loss is the posterior m
 streaming the training set in blocks with an online log-sum-exp: no matrix larger than one
 N_batch × block is ever formed, and σ = 0.002 gives neither NaN nor overflow. The term ‖x‖²/2σ² is
 the same for every i and cancels in the softmax, so the logits are (x·y_i − ½‖y_i‖²)/σ².
+
+:func:`dataset_optimum` builds the optimum of a dataset (conditional when it has label classes) and
+:func:`sample_optimum` samples it: the one way ``diffmem sample --optimal`` and every sweep job do it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ import math
 import numpy as np
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.config import SampleConfig
+from diffmem.devices import resolve_device
+from diffmem.errors import UsageError, bad
+from diffmem.io import ImageSet
+from diffmem.sample.generate import DEFAULT_CONFIG, generate
+from diffmem.sample.labels import as_labels, present_classes
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +54,15 @@ class OptimalDenoiser(torch.nn.Module):
         super().__init__()
         u = torch.as_tensor(np.asarray(images_uint8)) if not isinstance(images_uint8, torch.Tensor) else images_uint8
         if u.dtype != torch.uint8 or u.ndim != 4 or u.shape[0] == 0:
-            raise UsageError(f"images: dtype {u.dtype} shape {tuple(u.shape)} is not valid; "
-                             "expected uint8 N×C×H×W with N >= 1")
+            raise bad("images", u, "uint8 N×C×H×W with N >= 1", shown=f"dtype {u.dtype} shape {tuple(u.shape)}")
         if dtype not in (torch.float64, torch.float32):
-            raise UsageError(f"dtype: {dtype} is not valid; expected torch.float64 or torch.float32")
+            raise bad("dtype", dtype, "torch.float64 or torch.float32", shown=str(dtype))
         if block_size is not None and block_size < 1:
-            raise UsageError(f"block_size: {block_size!r} is not valid; expected an integer >= 1 or None")
+            raise bad("block_size", block_size, "an integer >= 1 or None")
         if isinstance(label_dim, bool) or not isinstance(label_dim, (int, np.integer)) or label_dim < 0:
-            raise UsageError(f"label_dim: {label_dim!r} is not valid; expected an integer >= 0 (0 = unconditional)")
+            raise bad("label_dim", label_dim, "an integer >= 0 (0 = unconditional)")
         if not memory_mb > 0:
-            raise UsageError(f"memory_mb: {memory_mb!r} is not valid; expected a number > 0")
+            raise bad("memory_mb", memory_mb, "a number > 0")
         n = u.shape[0]
         self.label_dim = int(label_dim)
         self.in_channels = int(u.shape[1])
@@ -74,12 +81,7 @@ class OptimalDenoiser(torch.nn.Module):
             if labels is None:
                 raise UsageError(f"labels: none given for a conditional optimum (label_dim={self.label_dim}); "
                                  "expected one label per training image")
-            lab = torch.as_tensor(np.asarray(labels)).to(torch.int64).reshape(-1)
-            if lab.shape[0] != n:
-                raise UsageError(f"labels: {lab.shape[0]} labels for {n} images; expected one per image")
-            if int(lab.min()) < 0 or int(lab.max()) >= self.label_dim:
-                raise UsageError(f"labels: values in [{int(lab.min())}, {int(lab.max())}] are not valid; "
-                                 f"expected 0..{self.label_dim - 1} (label_dim={self.label_dim})")
+            lab = as_labels(labels, n, self.label_dim, per="image")
             order = torch.argsort(lab, stable=True)
             counts = torch.bincount(lab, minlength=self.label_dim)
         self.offsets = [0, *torch.cumsum(counts, 0).tolist()]
@@ -147,8 +149,8 @@ class OptimalDenoiser(torch.nn.Module):
         """D*(x; σ) for a batch; returns a tensor of ``x``'s shape, dtype and device."""
         b = x.shape[0]
         if tuple(x.shape[1:]) != (self.in_channels, self.resolution, self.resolution):
-            raise UsageError(f"x: shape {tuple(x.shape)} is not valid; expected N×{self.in_channels}×"
-                             f"{self.resolution}×{self.resolution}")
+            raise bad("x", x, f"N×{self.in_channels}×{self.resolution}×{self.resolution}",
+                      shown=f"shape {tuple(x.shape)}")
         dev = self.Y.device
         xf = x.reshape(b, -1).to(device=dev, dtype=self.compute_dtype)
         sig = torch.as_tensor(sigma, dtype=torch.float64, device=dev).reshape(-1).expand(b)
@@ -162,13 +164,8 @@ class OptimalDenoiser(torch.nn.Module):
             if labels is None:
                 raise UsageError(f"labels: none given to a conditional optimum (label_dim={self.label_dim}); "
                                  "expected one label per sample")
-            lab = torch.as_tensor(labels).to(device=dev, dtype=torch.int64).reshape(-1)
-            if lab.shape[0] != b:
-                raise UsageError(f"labels: {lab.shape[0]} labels for {b} samples; expected one per sample")
+            lab = as_labels(labels, b, self.label_dim, device=dev)
             counts = torch.tensor(self.class_counts, device=dev)
-            if int(lab.min()) < 0 or int(lab.max()) >= self.label_dim:
-                raise UsageError(f"labels: values in [{int(lab.min())}, {int(lab.max())}] are not valid; "
-                                 f"expected 0..{self.label_dim - 1} (label_dim={self.label_dim})")
             empty = (counts[lab] == 0).nonzero()
             if len(empty):
                 raise UsageError(f"labels: class {int(lab[empty[0, 0]])} has no training images (label_dim="
@@ -185,3 +182,34 @@ class OptimalDenoiser(torch.nn.Module):
                     rows = (lab == c).nonzero().squeeze(1)
                     out[rows] = self._stream(xf[rows], inv_two_sigma2[rows], self.offsets[c], self.offsets[c + 1])
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+def dataset_optimum(
+    train: ImageSet,                      # the training images (uint8) and their labels
+    label_classes: int,                   # the dataset's label classes; 0: the unconditional optimum
+    *,
+    dtype: torch.dtype = torch.float64,   # compute dtype of the optimum
+    device: torch.device | str = "cpu",
+) -> tuple[OptimalDenoiser, np.ndarray | None]:
+    """The closed-form optimum of a dataset — conditional on its labels when it has label classes — and the
+    classes conditional samples draw their labels from: those some training image carries (None when
+    unconditional), so that no sample asks for a class without images."""
+    conditional = label_classes > 0
+    denoiser = OptimalDenoiser(train.images, train.labels if conditional else None, label_dim=label_classes,
+                               dtype=dtype, device=device)
+    return denoiser, present_classes(train.labels) if conditional else None
+
+
+def sample_optimum(
+    train: ImageSet,
+    label_classes: int,
+    n: int,                               # samples, with seeds seed … seed + n − 1
+    seed: int,
+    cfg: SampleConfig = DEFAULT_CONFIG,   # the sampler (its device runs the optimum)
+    *,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> ImageSet:
+    """``n`` samples of the closed-form optimum of a dataset (:func:`dataset_optimum`), labels drawn per seed."""
+    denoiser, classes = dataset_optimum(train, label_classes, dtype=dtype, device=resolve_device(cfg.device))
+    return generate(denoiser, n, seed, cfg, classes=classes, progress=progress)

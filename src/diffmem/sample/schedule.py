@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
@@ -16,12 +16,12 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     the schedule is ``[sigma_max, 0]``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"steps: {steps!r} is not valid; expected an integer >= 1")
+        raise bad("steps", steps, "an integer >= 1")
     if not (0 < sigma_min <= sigma_max < math.inf):
         raise UsageError(f"sigma_min, sigma_max: ({sigma_min!r}, {sigma_max!r}) are not valid; "
                          "expected 0 < sigma_min <= sigma_max < inf")
     if not (rho > 0 and math.isfinite(rho)):
-        raise UsageError(f"rho: {rho!r} is not valid; expected a finite number > 0")
+        raise bad("rho", rho, "a finite number > 0")
     i = torch.arange(steps, dtype=torch.float64)
     frac = i / (steps - 1) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     # EDM eq. 5: σ_i = (σ_max^(1/ρ) + i/(N−1) · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, σ_N = 0

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.sample.schedule import denoiser_sigma_range
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]  # (step, σ, x, denoised)
@@ -26,9 +26,9 @@ Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]  # (step, σ
 def _check_schedule(denoiser, sigmas: torch.Tensor) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise UsageError(f"sigmas: shape {tuple(sigmas.shape)} is not valid; expected a 1-D schedule of >= 2 levels")
+        raise bad("sigmas", sigmas, "a 1-D schedule of >= 2 levels", shown=f"shape {tuple(sigmas.shape)}")
     if sigmas[-1] != 0 or not bool((sigmas[:-1] > 0).all()) or not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise UsageError("sigmas: the schedule is not valid; expected positive, strictly decreasing levels ending in 0")
+        raise bad("sigmas", sigmas, "positive, strictly decreasing levels ending in 0", shown="the schedule")
     lo, hi = denoiser_sigma_range(denoiser)
     if float(sigmas[:-1].min()) < lo * (1 - 1e-12) or float(sigmas[0]) > hi * (1 + 1e-12):
         raise UsageError(f"sigmas: [{float(sigmas[-2])}, {float(sigmas[0])}] leaves the denoiser's supported "

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffmem.errors import RunError, UsageError
+from diffmem.errors import RunError, UsageError, bad
+from diffmem.extras import require
 from diffmem.sweep.jobs import JobSpec, job_dir, read_result, run_job
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,7 @@ class RayBackend(Backend):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        try:
-            import ray
-        except ImportError as e:
-            raise UsageError("--backend: 'ray' needs the ray package; install diffmem[ray]") from e
+        ray = require("ray", "ray", "--backend ray")
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
@@ -133,4 +131,4 @@ def make_backend(name: str, ray_address: str | None = None) -> Backend:
         return LocalBackend()
     if name == "ray":
         return RayBackend(ray_address)
-    raise UsageError(f"--backend: {name!r} is not valid; expected one of {list(BACKENDS)}")
+    raise bad("--backend", name, f"one of {list(BACKENDS)}")

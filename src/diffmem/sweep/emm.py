@@ -26,22 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, to_jsonable, write_manifest
+from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, to_jsonable, write_manifest
 from diffmem.config import EMMConfig, to_dict
-from diffmem.errors import UsageError
+from diffmem.data.sources import absolute_spec
+from diffmem.errors import bad
 from diffmem.progress import progress_bar
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
 from diffmem.sweep.frontier import BudgetEMM, frontier, frontier_budgets, next_runs, training_kimg
 from diffmem.sweep.jobs import JobSpec
 from diffmem.sweep.law import law_report
-from diffmem.sweep.search import find_bracket, max_measurements, next_sizes
+from diffmem.sweep.search import find_bracket, max_measurements, next_sizes, reachable_sizes
 from diffmem.sweep.synthetic import SyntheticCurve
 from diffmem.sweep.table import write_table
 
 log = logging.getLogger(__name__)
 EMM_STAGE = "emm"
-PATH_SOURCES = ("cifar10", "zip", "folder", "npz")  # data sources whose argument is a path
 
 
 @dataclass
@@ -95,7 +95,8 @@ class EMMResult:
         d = self.summary()
         d.update(self._frontier(points=True))
         d.update({
-            "threshold": self.threshold, "epsilon": self.config.epsilon, "flagged": self.flagged,
+            "threshold": self.threshold, "epsilon": self.config.epsilon, "confidence": self.config.measure.confidence,
+            "flagged": self.flagged,
             "below_range": self.estimate.below_range, "above_range": self.estimate.above_range,
             "n_trained_now": self.n_trained_now,
             "points_detail": [{"size": p.size, "ratio": p.ratio, "ci": list(p.ci), "n_memorized": p.n_memorized,
@@ -109,7 +110,7 @@ def heldout_point(p: Point, rows: list[dict[str, Any]], confidence: float) -> di
     """A size's held-out numbers: the held-out ratio pooled over its runs (the 1/3 rule's false-positive rate
     on held-out images of this size's source) with its Wilson interval, and C_T at each run's best snapshot
     (the mean over runs); nothing when the runs have no held-out baseline."""
-    from diffmem.measure import wilson_interval
+    from diffmem.measure import wilson_interval  # diffmem.measure imports torch: only when a row has held-out data
 
     k = n = 0
     c_t = []
@@ -133,10 +134,11 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
     """The resolved, content-addressed job for one size and repeat of ``cfg`` (``kimg``: a run of that
     length instead of ``cfg.train``'s, as the frontier search asks for)."""
     if synthetic is not None:
-        c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic)}
+        c = {"size": size, "repeat": repeat, "n_samples": cfg.n_samples, "curve": to_dict(synthetic),
+             "confidence": cfg.measure.confidence}
         return JobSpec("synthetic", size, repeat, c if kimg is None else {**c, "kimg": kimg})
-    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=_absolute(cfg.data.source),
-                               mix=_absolute(cfg.data.mix) if cfg.data.mix else None)
+    data = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + repeat, source=absolute_spec(cfg.data.source),
+                               mix=absolute_spec(cfg.data.mix) if cfg.data.mix else None)
     train = dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
     if kimg is not None:
         train = dataclasses.replace(train, kimg=kimg)
@@ -145,14 +147,6 @@ def job_spec(cfg: EMMConfig, size: int, repeat: int, synthetic: SyntheticCurve |
         "measure": to_dict(cfg.measure), "n_samples": cfg.n_samples, "sample_seed": cfg.sample_seed,
         "optimal": bool(cfg.optimal and repeat == 0), **({"heldout": cfg.heldout} if cfg.heldout > 0 else {}),
     })
-
-
-def _absolute(source: str) -> str:
-    """``kind:PATH`` with PATH made absolute, so jobs run from any working directory (Ray workers)."""
-    kind, sep, rest = source.partition(":")
-    if sep and kind in PATH_SOURCES and rest and not Path(rest).is_absolute():
-        return f"{kind}:{Path(rest).resolve()}"
-    return source
 
 
 def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
@@ -165,20 +159,25 @@ def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
 
 def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> dict[str, Any]:
     ident = {"emm": to_dict(cfg), "synthetic": to_dict(synthetic) if synthetic else None}
-    m = read_manifest(out)
-    if m is not None and m.get("config_hash") != config_hash(ident):
-        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
-                         "choose a new directory or rerun with the same config to resume")
-    if m is None and out.exists() and any(p.name not in ("jobs", ".lock") for p in out.iterdir()):
-        raise UsageError(f"--out: {str(out)!r} exists and is not an EMM directory; choose a new directory")
+    check_resumable(out, ident, "an EMM search", keep=("jobs", ".lock"))
     return ident
 
 
 def max_trainings(cfg: EMMConfig) -> int:
-    """Trainings the search can need at most (all of ``sizes`` in table mode), repeats included. In
-    frontier mode: runs (sizes × repeats) at most, each of which may be extended in several jobs."""
-    bound = len(cfg.sizes) if cfg.sizes else (max_measurements(cfg.size_min, cfg.size_max, cfg.grid_factor,
-                                                               cfg.bracket_factor) + 2 * cfg.measure_ends)
+    """Trainings the search can need at most, repeats and refinements included.
+
+    Table mode: each of ``sizes`` × ``repeats``. Search: ``repeats`` for each size the worst sequence of
+    outcomes visits (:func:`~diffmem.sweep.search.max_measurements`, ``parallel`` and ``measure_ends``
+    included). With ``refine_repeats`` m, a refined repeat can move the bracket and the search resumes, so
+    the bound is every size the search can reach (:func:`~diffmem.sweep.search.reachable_sizes`; all of
+    ``sizes`` in table mode) with repeats + m runs each. Frontier mode: runs (sizes × repeats) at most, each
+    of which may be extended in several jobs.
+    """
+    grid = (cfg.size_min, cfg.size_max, cfg.grid_factor, cfg.bracket_factor)
+    if cfg.refine_repeats > 0:
+        sizes = len(cfg.sizes) if cfg.sizes else reachable_sizes(*grid, parallel=cfg.parallel)
+        return sizes * (cfg.repeats + cfg.refine_repeats)
+    bound = len(cfg.sizes) if cfg.sizes else max_measurements(*grid, parallel=cfg.parallel, ends=cfg.measure_ends)
     if cfg.frontier:
         _validate_frontier(cfg)
         bound = min(bound * len(frontier_budgets(cfg.train)), cfg.size_max - cfg.size_min + 1)
@@ -233,24 +232,16 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
         if on_job:
             on_job(spec, reused)
 
+    confidence = cfg.measure.confidence  # the level of every interval the search reports
     try:
         while True:
-            ratios = {s: pool(s, list(r.values())).ratio for s, r in runs.items()}
             if cfg.frontier:
                 todo = next_runs(_rows_of(longest, rows_by_job), budgets, size_min=cfg.size_min,
                                  size_max=cfg.size_max, threshold=threshold, grid_factor=cfg.grid_factor,
                                  bracket_factor=cfg.bracket_factor, parallel=cfg.parallel, ends=cfg.measure_ends)
                 specs = [job_spec(cfg, s, r, synthetic, kimg=todo[s]) for s in todo for r in range(cfg.repeats)]
             else:
-                if cfg.sizes:
-                    sizes = [s for s in cfg.sizes if s not in runs]
-                else:
-                    sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
-                                       grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor,
-                                       parallel=cfg.parallel, ends=cfg.measure_ends)
-                specs = [job_spec(cfg, s, r, synthetic) for s in sizes for r in range(cfg.repeats)]
-            if not specs and cfg.refine_repeats > 0:
-                specs = _refinements(cfg, runs, ratios, threshold, synthetic)
+                specs = [job_spec(cfg, s, r, synthetic) for s, r in next_trainings(cfg, runs)]
             if not specs:
                 break
             plan.extend(specs)
@@ -271,19 +262,19 @@ def _run(cfg: EMMConfig, out: Path, ident: dict[str, Any], t0: float, *, backend
 
     if cfg.frontier:  # the longest run of each size and repeat holds every snapshot of its shorter ones
         all_rows = _rows_of(longest, rows_by_job)
-        front = frontier(all_rows, threshold, budgets=budgets)
+        front = frontier(all_rows, threshold, confidence, budgets=budgets)
         points, est = list(front[-1].points), front[-1].estimate
     else:
-        points = [pool(s, [r[k] for k in sorted(r)]) for s, r in sorted(runs.items())]
+        points = [pool(s, [r[k] for k in sorted(r)], confidence) for s, r in sorted(runs.items())]
         all_rows = [row for spec in plan for row in rows_by_job[spec.key]]
-        front = frontier(all_rows, threshold)
+        front = frontier(all_rows, threshold, confidence)
         est = estimate(points, threshold)
     write_table(out, all_rows)
     result = EMMResult(config=cfg, estimate=est, points=points, optimal=optimal,
                        n_trainings=len({s.key for s in plan}), n_trained_now=trained_now,
                        wall_s=time.perf_counter() - t0, rows=all_rows,
                        flagged=[p.size for p in points if p.straddles(threshold)], frontier=front,
-                       law=law_report(all_rows, front, threshold, cfg.bracket_factor),
+                       law=law_report(all_rows, front, threshold, cfg.bracket_factor, confidence),
                        training_kimg=training_kimg(all_rows))
     atomic_write_json(out / "emm.json", result.details())
     write_manifest(out, EMM_STAGE, ident, summary=to_jsonable(result.summary()),
@@ -296,44 +287,49 @@ def _rows_of(longest: dict[tuple[int, int], str], rows_by_job: dict[str, list[di
     return [row for _, key in sorted(longest.items()) for row in rows_by_job[key]]
 
 
-def _refinements(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]], ratios: dict[int, float],
-                 threshold: float, synthetic: SyntheticCurve | None) -> list[JobSpec]:
-    """One more repeat for each bracket size whose interval straddles 1 − ε (up to refine_repeats more)."""
+def next_trainings(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]]) -> list[tuple[int, int]]:
+    """The (size, repeat) trainings to run next given the runs so far (size → repeat → best snapshot); empty when
+    the search (or the table) is done. The search and table modes' one decision rule; the frontier search has
+    its own (:func:`diffmem.sweep.frontier.next_runs`)."""
+    threshold = 1.0 - cfg.epsilon
+    points = {s: pool(s, [r[k] for k in sorted(r)], cfg.measure.confidence) for s, r in runs.items()}
+    ratios = {s: p.ratio for s, p in points.items()}
+    if cfg.sizes:
+        sizes = [s for s in cfg.sizes if s not in runs]
+    else:
+        sizes = next_sizes(ratios, size_min=cfg.size_min, size_max=cfg.size_max, threshold=threshold,
+                           grid_factor=cfg.grid_factor, bracket_factor=cfg.bracket_factor, parallel=cfg.parallel,
+                           ends=cfg.measure_ends)
+    todo = [(s, r) for s in sizes for r in range(cfg.repeats)]
+    if todo or cfg.refine_repeats == 0:
+        return todo
+    # one more repeat for each bracket size whose interval straddles 1 − ε (up to refine_repeats more)
     br = find_bracket(ratios, threshold)
-    specs = []
-    for s in (br.low, br.high):
-        if s is None:
-            continue
-        p = pool(s, list(runs[s].values()))
-        if p.straddles(threshold) and len(runs[s]) < cfg.repeats + cfg.refine_repeats:
-            specs.append(job_spec(cfg, s, len(runs[s]), synthetic))
-    return specs
+    return [(s, len(runs[s])) for s in (br.low, br.high) if s is not None and points[s].straddles(threshold)
+            and len(runs[s]) < cfg.repeats + cfg.refine_repeats]
 
 
 def validate(cfg: EMMConfig) -> None:
     """Refuse an EMM config that cannot run, naming the field and what is expected (before any work)."""
     if not 0 < cfg.epsilon < 1:
-        raise UsageError(f"epsilon: {cfg.epsilon!r} is not valid; expected a number in (0, 1)")
+        raise bad("epsilon", cfg.epsilon, "a number in (0, 1)")
     if cfg.n_samples < 1:
-        raise UsageError(f"n_samples: {cfg.n_samples!r} is not valid; expected an integer ≥ 1")
+        raise bad("n_samples", cfg.n_samples, "an integer ≥ 1")
     if cfg.repeats < 1:
-        raise UsageError(f"repeats: {cfg.repeats!r} is not valid; expected an integer ≥ 1")
+        raise bad("repeats", cfg.repeats, "an integer ≥ 1")
     if cfg.measure.copying_cells < 0:
-        raise UsageError(f"measure.copying_cells: {cfg.measure.copying_cells!r} is not valid; expected a number of "
-                         "k-means cells ≥ 1, or 0 for the default")
+        raise bad("measure.copying_cells", cfg.measure.copying_cells,
+                  "a number of k-means cells ≥ 1, or 0 for the default")
     if cfg.measure.copying_tau is not None and not 0 < cfg.measure.copying_tau <= 1:
-        raise UsageError(f"measure.copying_tau: {cfg.measure.copying_tau!r} is not valid; expected the fraction of "
-                         "samples a cell needs, in (0, 1]")
+        raise bad("measure.copying_tau", cfg.measure.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
     if cfg.heldout < 0:
-        raise UsageError(f"heldout: {cfg.heldout!r} is not valid; expected a number of held-out images ≥ 0 "
-                         "(0 = no held-out baseline)")
+        raise bad("heldout", cfg.heldout, "a number of held-out images ≥ 0 (0 = no held-out baseline)")
     if cfg.refine_repeats < 0:
-        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid; expected an integer ≥ 0")
+        raise bad("refine_repeats", cfg.refine_repeats, "an integer ≥ 0")
     if cfg.sizes is not None and (not cfg.sizes or min(cfg.sizes) < 1):
-        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid; expected a list of sizes ≥ 1")
+        raise bad("sizes", list(cfg.sizes), "a list of sizes ≥ 1")
     if cfg.sizes is None and not (1 <= cfg.size_min <= cfg.size_max):
-        raise UsageError(f"size_min, size_max: [{cfg.size_min}, {cfg.size_max}] is not valid; "
-                         "expected 1 ≤ size_min ≤ size_max")
+        raise bad("size_min, size_max", [cfg.size_min, cfg.size_max], "1 ≤ size_min ≤ size_max")
     if cfg.frontier:
         _validate_frontier(cfg)
 
@@ -342,21 +338,20 @@ def _validate_frontier(cfg: EMMConfig) -> None:
     """Frontier mode: the budgets are the multiples of train.snapshot_kimg up to train.kimg."""
     t = cfg.train
     if cfg.sizes is not None:
-        raise UsageError(f"sizes: {list(cfg.sizes)!r} is not valid with frontier: true; expected null (the frontier "
-                         "search chooses the sizes)")
+        raise bad("sizes", list(cfg.sizes), "null with frontier: true (the frontier search chooses the sizes)")
     if cfg.refine_repeats:
-        raise UsageError(f"refine_repeats: {cfg.refine_repeats!r} is not valid with frontier: true; expected 0")
+        raise bad("refine_repeats", cfg.refine_repeats, "0 with frontier: true")
     if t.kimg is None or t.epochs is not None:
-        raise UsageError(f"train.epochs: {t.epochs!r} is not valid with frontier: true; expected null and the "
-                         "duration in train.kimg (the budget, the same for every size)")
+        raise bad("train.epochs", t.epochs, "null with frontier: true, and the duration in train.kimg (the budget, "
+                  "the same for every size)")
     if t.snapshot_kimg is None or not t.snapshot_kimg > 0:
-        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected the "
-                         "spacing of the budgets in kimg (a snapshot at each)")
+        raise bad("train.snapshot_kimg", t.snapshot_kimg, "the spacing of the budgets in kimg with frontier: true "
+                  "(a snapshot at each)")
     k = t.kimg / t.snapshot_kimg
     if abs(k - round(k)) > 1e-6 or round(k) < 2:
-        raise UsageError(f"train.kimg: {t.kimg!r} is not valid with frontier: true; expected a multiple (≥ 2) of "
-                         f"train.snapshot_kimg ({t.snapshot_kimg:g}), the final budget")
+        raise bad("train.kimg", t.kimg, f"a multiple (≥ 2) of train.snapshot_kimg ({t.snapshot_kimg:g}) with "
+                  "frontier: true, the final budget")
     steps = t.snapshot_kimg * 1000 / t.batch
     if abs(steps - round(steps)) > 1e-6:
-        raise UsageError(f"train.snapshot_kimg: {t.snapshot_kimg!r} is not valid with frontier: true; expected a "
-                         f"whole number of steps of train.batch {t.batch} images, so snapshots fall on the budgets")
+        raise bad("train.snapshot_kimg", t.snapshot_kimg, f"a whole number of steps of train.batch {t.batch} images "
+                  "with frontier: true, so snapshots fall on the budgets")

@@ -16,21 +16,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from diffmem.errors import bad
 from diffmem.sweep.search import find_bracket
 
 
 def student_t_quantile(confidence: float, df: int) -> float:
     """Two-sided quantile of Student's t: P(|T| ≤ q) = confidence with ``df`` degrees of freedom."""
-    from scipy.stats import t
+    from scipy.stats import t  # scipy.stats takes a second to import: only with repeats to pool
 
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence: {confidence!r} is not valid; expected a number in (0, 1)")
+        raise bad("confidence", confidence, "a number in (0, 1)")  # a UsageError, which is a ValueError
     return float(t.ppf(0.5 + confidence / 2, df))
 
 
-def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion k/n."""
-    from diffmem.measure import wilson_interval
+    from diffmem.measure import wilson_interval  # diffmem.measure imports torch: only when intervals are computed
 
     return wilson_interval(int(k), int(n), confidence)
 
@@ -60,10 +61,16 @@ class Point:
 
     def straddles(self, threshold: float) -> bool:
         """True when the interval holds values on both sides of the threshold."""
-        return self.ci[0] < threshold <= self.ci[1]
+        return straddles(self.ci, threshold)
 
 
-def pool(size: int, runs: Sequence[RepeatResult], confidence: float = 0.95) -> Point:
+def straddles(ci: Sequence[float], threshold: float) -> bool:
+    """An interval ``(low, high)`` straddles the threshold when it holds a ratio below it and one at or above it:
+    the measurement cannot tell whether the size memorizes (such sizes are flagged and may be refined)."""
+    return ci[0] < threshold <= ci[1]
+
+
+def pool(size: int, runs: Sequence[RepeatResult], confidence: float) -> Point:
     """Pool the repeats at one size into a point with its interval."""
     if not runs:
         raise ValueError(f"size {size}: no runs to pool")

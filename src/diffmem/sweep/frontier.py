@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from diffmem import fmt
 from diffmem.config import TrainConfig
 from diffmem.sweep.estimate import Estimate, Point, RepeatResult, estimate, pool
 from diffmem.sweep.search import next_sizes
@@ -216,11 +217,10 @@ def max_budget_searches(budgets: Sequence[float], per_search: int) -> tuple[int,
     return len(budgets) * per_search, float(sum(budgets) * per_search)
 
 
-def frontier_table(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the frontier table (``emm.json``'s ``frontier`` entries), for CLI and report."""
-    def n(x: float | None) -> str:
-        return "—" if x is None else f"{x:,.0f}"
-
+def frontier_table(entries: Sequence[Mapping[str, Any]], confidence: float) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the frontier table (``emm.json``'s ``frontier`` entries, intervals at ``confidence``),
+    for CLI and report."""
+    n = fmt.size
     rows = []
     for b in entries:
         e, (lo, hi), (clo, chi) = b["emm"], b["bracket"], b["ci"]
@@ -230,5 +230,5 @@ def frontier_table(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
             e_text = n(e)
         rows.append([f"{b['kimg']:,.4g}", e_text, f"[{n(clo)}, {n(chi)}]", f"[{n(lo)}, {n(hi)}]",
                      "—" if b.get("epochs_at_emm") is None else f"{b['epochs_at_emm']:,.0f}"])
-    return ["budget (kimg)", "EMM (training images)", "95 % interval", "bracket (memorizes, does not)",
-            "images seen per training image at the EMM"], rows
+    return ["budget (kimg)", "EMM (training images)", f"{fmt.pct(confidence)} interval",
+            "bracket (memorizes, does not)", "images seen per training image at the EMM"], rows

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffmem.artefacts import (
     atomic_save_npz,
     atomic_write_json,
@@ -34,7 +36,12 @@ from diffmem.artefacts import (
     read_manifest,
     write_manifest,
 )
+from diffmem.config import DataConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, from_dict
+from diffmem.data import build_dataset, load_dataset
+from diffmem.data.build import heldout_set
 from diffmem.errors import RunError
+from diffmem.io import save_image_set
+from diffmem.sweep.synthetic import synthetic_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,6 @@ def run_job(spec: JobSpec, directory: str | Path) -> list[dict[str, Any]]:
     if spec.kind == "train":
         rows = _train_job(spec, directory)
     elif spec.kind == "synthetic":
-        from diffmem.sweep.synthetic import synthetic_rows
-
         rows = synthetic_rows(spec)
     else:
         raise RunError(f"job {spec.dirname}: unknown kind {spec.kind!r}; expected train or synthetic")
@@ -121,8 +126,7 @@ def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, 
     """Measure ``samples`` against ``train_set`` (and their C_T when a held-out reference is given):
     ``final/measurement/`` (summary, tables, figures), ``final/samples.npz``, and last the manifest that
     marks ``final`` complete."""
-    from diffmem.io import save_image_set
-    from diffmem.measure import TableNames, full_summary, measure, write_measurement
+    from diffmem.measure import TableNames, full_summary, measure, write_measurement  # torch: only in a job
 
     m = measure(samples, train_set, measure_cfg)
     copying = heldout.copying(samples, m.d1) if heldout is not None else None
@@ -142,10 +146,13 @@ def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, 
 def _heldout_reference(directory: Path, spec: JobSpec, data_cfg, train_set, measure_cfg, n_heldout: int,
                        n_samples: int):
     """The job's held-out reference (None when the subset leaves no image out): built once, then read back."""
-    import numpy as np
-
-    from diffmem.data.build import heldout_set
-    from diffmem.measure import HeldoutReference, TableNames, prepare_heldout, prepare_train, write_measurement
+    from diffmem.measure import (  # torch: only in a job
+        HeldoutReference,
+        TableNames,
+        prepare_heldout,
+        prepare_train,
+        write_measurement,
+    )
     from diffmem.measure.copying import Cells
 
     what = {"data": spec.config["data"], "measure": spec.config["measure"], "heldout": n_heldout, "n": n_samples}
@@ -201,12 +208,11 @@ def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
 
 def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     """Dataset → training with snapshots → samples and measurement per snapshot (+ the optimum)."""
-    from diffmem.config import DataConfig, MeasureConfig, ModelConfig, SampleConfig, TrainConfig, from_dict
-    from diffmem.data import build_dataset, load_dataset
-    from diffmem.devices import resolve_device
-    from diffmem.sample import OptimalDenoiser, generate
-    from diffmem.sample.generate import present_classes
-    from diffmem.sweep.lineage import start_from_shorter
+    from diffmem.devices import resolve_device  # torch: only in a job
+    from diffmem.sample import generate
+    from diffmem.sample.labels import present_classes
+    from diffmem.sample.optimal import sample_optimum
+    from diffmem.sweep.lineage import start_from_shorter  # lineage imports this module
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
 
@@ -234,9 +240,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
         summary = _measured(directory / "optimal", what)
         if summary is None:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
-            D = OptimalDenoiser(train_set.images, labels=train_set.labels if label_classes else None,
-                                label_dim=label_classes, device=resolve_device(sample_cfg.device))
-            samples = generate(D, n, seed, sample_cfg, classes=classes)
+            samples = sample_optimum(train_set, label_classes, n, seed, sample_cfg)
             summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what, heldout)
         rows.append(_row("optimal", spec, None, summary, held_summary))
 

@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from diffmem import fmt
+from diffmem.seeds import LAW_BOOTSTRAP
 from diffmem.sweep.frontier import TOL, BudgetEMM, bracket_ok, frontier
 
 N_BOOT = 2000  # bootstrap refits for α's interval
 MIN_BOOT_SIZES = 5  # fewer sizes give an interval that is only the spread of a few pairwise slopes
-BOOT_SEED = 0  # the bootstrap's seed: the same onsets give the same interval
 HOLDOUT_TOLERANCE = 0.20  # the law holds here when the hold-out prediction is within ±20 % of the measured EMM
 PREDICT_FACTORS = (2.0, 4.0)  # budgets beyond the final one at which the law predicts the EMM
 
@@ -153,11 +154,11 @@ class PowerLaw:
 
     def summary(self) -> dict[str, Any]:
         return {"a": self.a, "alpha": self.alpha, "alpha_ci": self.alpha_ci, "sizes": list(self.sizes),
-                "n_boot": int(len(self.boot_alpha)), "boot_seed": BOOT_SEED, "confidence": self.confidence}
+                "n_boot": int(len(self.boot_alpha)), "boot_seed": LAW_BOOTSTRAP, "confidence": self.confidence}
 
 
 def fit_law(ons: Sequence[Onset], *, confidence: float = 0.95, n_boot: int = N_BOOT,
-            seed: int = BOOT_SEED) -> PowerLaw | None:
+            seed: int = LAW_BOOTSTRAP) -> PowerLaw | None:
     """Fit τ_mem = a·|D|^α to the interpolated onsets (None with fewer than 2 sizes)."""
     pts = [(o.size, o.kimg) for o in ons if o.kimg is not None]
     if len({s for s, _ in pts}) < 2:
@@ -198,7 +199,7 @@ def holdout(rows: Sequence[Mapping[str, Any]], threshold: float, measured: Budge
     early = [r for r in rows if r.get("snapshot_kimg") is None or float(r["snapshot_kimg"]) <= half + TOL]
     law = fit_law(onsets(frontier(early, threshold, confidence), threshold), confidence=confidence)
     if law is None:
-        out["reason"] = f"fewer than 2 sizes reach {threshold:.0%} between two snapshots up to {half:g} kimg"
+        out["reason"] = f"fewer than 2 sizes reach {fmt.pct(threshold)} between two snapshots up to {half:g} kimg"
         return out
     pred = law.emm(measured.kimg)
     out.update({"sizes": list(law.sizes), "alpha": law.alpha, "alpha_ci": law.alpha_ci, "a": law.a,
@@ -241,12 +242,8 @@ def law_report(rows: Sequence[Mapping[str, Any]], front: Sequence[BudgetEMM], th
     return out
 
 
-def _n(x: float | None) -> str:
-    return "—" if x is None else f"{x:,.0f}"
-
-
 def _ci(ci: Sequence[float | None] | None) -> str:
-    return "(no interval)" if not ci else f"[{_n(ci[0])}, {_n(ci[1])}]"
+    return "(no interval)" if not ci else f"[{fmt.size(ci[0])}, {fmt.size(ci[1])}]"
 
 
 def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
@@ -254,8 +251,8 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
     ons = law.get("onsets") or []
     fit = law.get("fit")
     exact = [o for o in ons if o["kimg"] is not None]
-    out = [f"onsets: {len(ons)} sizes, {len(exact)} reach {threshold:.0%} between two snapshots (logit of the ratio "
-           f"interpolated in log kimg), {sum(o['below'] is None for o in ons)} already at their first snapshot, "
+    out = [f"onsets: {len(ons)} sizes, {len(exact)} reach {fmt.pct(threshold)} between two snapshots (logit of the "
+           f"ratio interpolated in log kimg), {sum(o['below'] is None for o in ons)} already at their first snapshot, "
            f"{sum(o['above'] is None for o in ons)} not by their last"]
     if fit is None:
         out.append("law: not fitted (it needs the onsets of at least 2 sizes)")
@@ -265,7 +262,7 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
             verdict = f"no interval for α (the bootstrap over sizes needs at least {MIN_BOOT_SIZES})"
         else:
             holds = ci[0] <= 1.0 <= ci[1]
-            verdict = (f"{fit['confidence']:.0%} interval of α [{ci[0]:.3f}, {ci[1]:.3f}] (bootstrap over sizes, "
+            verdict = (f"{fmt.pct(fit['confidence'])} interval of α [{ci[0]:.3f}, {ci[1]:.3f}] (bootstrap over sizes, "
                        f"{fit['n_boot']:,} refits): {'holds' if holds else 'excludes'} 1, "
                        f"{'consistent with' if holds else 'not'} the linear law")
         out.append(f"law: τ_mem = {fit['a']:.4g} · |D|^{fit['alpha']:.3f} kimg, least squares on log–log over "
@@ -278,8 +275,8 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
                    "(the budgets share their sizes)")
     for p in law.get("predictions") or []:
         ci = f"{_ci(p['ci'])} over the bootstrap fits" if p["ci"] else "no interval (too few sizes to bootstrap)"
-        out.append(f"predicted EMM at {p['kimg']:,.4g} kimg (beyond the budgets trained): {_n(p['emm'])} training "
-                   f"images, {ci}")
+        out.append(f"predicted EMM at {p['kimg']:,.4g} kimg (beyond the budgets trained): {fmt.size(p['emm'])} "
+                   f"training images, {ci}")
     h = law.get("holdout")
     if h:
         head = (f"hold-out: fitted on the snapshots up to {h['fit_upto_kimg']:,.4g} kimg"
@@ -289,8 +286,8 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
             verdict = (f"within ±{h['tolerance']:.0%}: the law holds here" if h["within_tolerance"] else
                        f"outside ±{h['tolerance']:.0%}: the law does not hold here, the prediction is off by "
                        f"{abs(err):.0%}")
-            out.append(f"{head}, it predicts EMM {_n(h['predicted_emm'])} {_ci(h['predicted_ci'])} at "
-                       f"{h['final_kimg']:,.4g} kimg, where {_n(h['measured_emm'])} {_ci(h['measured_ci'])} is "
+            out.append(f"{head}, it predicts EMM {fmt.size(h['predicted_emm'])} {_ci(h['predicted_ci'])} at "
+                       f"{h['final_kimg']:,.4g} kimg, where {fmt.size(h['measured_emm'])} {_ci(h['measured_ci'])} is "
                        f"measured: error {err:+.1%} ({verdict})")
         else:
             out.append(f"{head}: no check ({h['reason']})")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmem.artefacts import atomic_dir, config_hash, is_complete, read_manifest, write_manifest
+from diffmem.config import ModelConfig, TrainConfig, from_dict
 from diffmem.sweep.jobs import JOB_STAGE, SNAPSHOT_STAGE, JobSpec, optimal_what, snapshot_what
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def lineage_key(spec: JobSpec) -> str:
 def find_shorter(spec: JobSpec, root: Path) -> tuple[Path, dict[str, Any]] | None:
     """The complete job in ``root`` of the same lineage with the longest run shorter than ``spec``'s
     (its directory and config), or None."""
-    from diffmem.train.checkpoints import STATE_FILE
+    from diffmem.train.checkpoints import STATE_FILE  # diffmem.train imports torch: only when jobs run
 
     kimg = spec.config["train"].get("kimg")
     if kimg is None or not root.is_dir():
@@ -72,8 +73,7 @@ def _copy_measurement(src: Path, dst: Path, what: dict[str, Any]) -> None:
 def start_from_shorter(spec: JobSpec, directory: Path, data_dir: Path) -> bool:
     """Start the job's run (and its measurements) from the longest shorter job of its lineage, if any;
     True when it did. Does nothing once the job's run has a training state of its own."""
-    from diffmem.config import ModelConfig, TrainConfig, from_dict
-    from diffmem.train.checkpoints import STATE_FILE, list_snapshots
+    from diffmem.train.checkpoints import STATE_FILE, list_snapshots  # torch: only when jobs run
     from diffmem.train.extend import extend_run
 
     run = directory / "run"

@@ -13,12 +13,12 @@ A factor is any dotted field of the EMM config (``model.channels``, ``data.label
 an optional ``"label"`` key names the value in tables and figures).
 ``base`` may name an EMM preset (``{"preset": "digits", "train": {"kimg": 256}}``): its fields with the
 given ones merged over them. ``train.batch`` scales the learning rate with it (lr × batch / base batch)
-unless ``train.lr`` is a factor too, as the reference study did.
+unless ``train.lr`` is a factor too, as the reference study did: each value's ``config.json``, the dry run
+and ``study.json`` (``derived``) show the lr used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import time
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, config_hash, dir_lock, read_manifest, write_manifest
+from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, write_manifest
 from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
 from diffmem.sweep.backends import Backend, LocalBackend
 from diffmem.sweep.emm import EMMResult, run_emm
 from diffmem.sweep.synthetic import SyntheticCurve
@@ -46,7 +46,8 @@ class StudyResult:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.config.name, "mode": self.config.mode, "factors": list(self.config.factors),
-            "values": [{"factors": f, "dir": f"values/{value_slug(f)}", **r.summary()} for f, r in self.values],
+            "values": [{"factors": f, "dir": f"values/{value_slug(f)}", **r.summary(),
+                        **({"derived": d} if (d := derived_fields(self.config, f)) else {})} for f, r in self.values],
             "n_trainings": sum(r.n_trainings for _, r in self.values),
             "n_trained_now": sum(r.n_trained_now for _, r in self.values),
             "wall_s": round(self.wall_s, 3),
@@ -74,35 +75,61 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) or v is None else str(v)
 
 
+def value_fields(factors: dict[str, Any]) -> dict[str, Any]:
+    """The dotted fields one combination of factor values sets: a factor's value is a field value, or an object
+    of dotted fields set together (a grouped factor; its ``label`` names it)."""
+    out: dict[str, Any] = {}
+    for name, value in factors.items():
+        fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+        if not fields:
+            raise bad(f"factors.{name}", value,
+                      'an object of at least one dotted field, e.g. {"data.labels": "unique"}')
+        out.update(fields)
+    return out
+
+
+def derived_fields(cfg: StudyConfig, factors: dict[str, Any]) -> dict[str, Any]:
+    """Fields a combination of factor values changes without naming them: ``train.lr`` scaled with
+    ``train.batch`` (lr × batch / base batch, as the reference study varied the batch size) unless the
+    combination sets ``train.lr`` too (nothing at the base's batch). The resolved config of each value holds the
+    result; dry runs and ``study.json`` show it."""
+    fields = value_fields(factors)
+    if "train.batch" in fields and "train.lr" not in fields:
+        batch = replace_path(cfg.base, "train.batch", fields["train.batch"]).train.batch
+        if batch != cfg.base.train.batch:
+            return {"train.lr": cfg.base.train.lr * batch / cfg.base.train.batch}
+    return {}
+
+
+def derived_text(cfg: StudyConfig, factors: dict[str, Any]) -> str:
+    """The derived fields of a value in words (empty when there are none)."""
+    lr = derived_fields(cfg, factors).get("train.lr")
+    if lr is None:
+        return ""
+    batch = replace_path(cfg.base, "train.batch", value_fields(factors)["train.batch"]).train.batch
+    return (f"train.lr {lr:g} (scaled with train.batch: base lr {cfg.base.train.lr:g} × batch {batch} / base batch "
+            f"{cfg.base.train.batch})")
+
+
 def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
     """Every combination of factor values and the EMM config it gives."""
     if cfg.mode not in ("emm", "ratio"):
-        raise UsageError(f"mode: {cfg.mode!r} is not valid; expected emm or ratio")
+        raise bad("mode", cfg.mode, "emm or ratio")
     if cfg.mode == "ratio" and not cfg.base.sizes:
         raise UsageError("base.sizes: mode 'ratio' needs the fixed sizes to measure (e.g. [128, 256, 512])")
     if cfg.mode == "emm" and cfg.base.sizes:
         raise UsageError("base.sizes: mode 'emm' searches the sizes; remove 'sizes' or use mode 'ratio'")
     for name, values in cfg.factors.items():
         if not isinstance(values, tuple) or not values:
-            raise UsageError(f"factors.{name}: {values!r} is not valid; expected a non-empty list of values")
+            raise bad(f"factors.{name}", values, "a non-empty list of values")
     names = list(cfg.factors)
     out = []
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(cfg.factors[n] for n in names)):
         factors = dict(zip(names, combo))
-        emm_cfg, paths = cfg.base, set()
-        for name, value in factors.items():
-            # a factor's value is a field value, or an object of dotted fields set together (a grouped factor)
-            fields = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
-            if not fields:
-                raise UsageError(f"factors.{name}: {value!r} is not valid; expected an object of at least one "
-                                 "dotted field, e.g. {\"data.labels\": \"unique\"}")
-            for path, v in fields.items():
-                emm_cfg = replace_path(emm_cfg, path, v)
-            paths |= set(fields)
-        if "train.batch" in paths and "train.lr" not in paths:  # batch size with lr scaled
-            lr = cfg.base.train.lr * emm_cfg.train.batch / cfg.base.train.batch
-            emm_cfg = dataclasses.replace(emm_cfg, train=dataclasses.replace(emm_cfg.train, lr=lr))
+        emm_cfg = cfg.base
+        for path, v in {**value_fields(factors), **derived_fields(cfg, factors)}.items():
+            emm_cfg = replace_path(emm_cfg, path, v)
         slug = value_slug(factors)
         if slug in seen:
             raise UsageError(f"factors: {value_label(seen[slug])!r} and {value_label(factors)!r} would share the "
@@ -125,12 +152,7 @@ def run_study(
     out = Path(out)
     plan = expand(cfg)
     ident = {"study": to_dict(cfg), "synthetic": {k: to_dict(v) for k, v in (synthetic or {}).items()} or None}
-    m = read_manifest(out)
-    if m is not None and m.get("config_hash") != config_hash(ident):
-        raise UsageError(f"--out: {str(out)!r} holds a sweep of a different config (stage {m.get('stage')!r}); "
-                         "choose a new directory or rerun with the same config to resume")
-    if m is None and out.exists() and any(p.name not in ("jobs", "values", ".lock") for p in out.iterdir()):
-        raise UsageError(f"--out: {str(out)!r} exists and is not a study directory; choose a new directory")
+    check_resumable(out, ident, "a study", keep=("jobs", "values", ".lock"))
     backend = backend or LocalBackend()
     with dir_lock(out):
         atomic_write_json(out / "config.json", to_dict(cfg))

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from diffmem.sweep.estimate import wilson
+
 
 @dataclass(frozen=True)
 class SyntheticCurve:
@@ -51,8 +53,6 @@ def _seed(*parts: Any) -> int:
 
 def synthetic_rows(spec) -> list[dict[str, Any]]:
     """Rows of a synthetic job (same keys as a training job's)."""
-    from diffmem.sweep.estimate import wilson
-
     c = spec.config
     curve = SyntheticCurve(**{k: tuple(v) if isinstance(v, list) else v for k, v in c["curve"].items()})
     n = int(c["n_samples"])
@@ -66,7 +66,7 @@ def synthetic_rows(spec) -> list[dict[str, Any]]:
             k = int(np.random.default_rng(_seed(spec.size, spec.repeat, kimg, curve.seed)).binomial(n, p))
         else:
             k = int(round(n * p))
-        lo, hi = wilson(k, n)
+        lo, hi = wilson(k, n, float(c.get("confidence", 0.95)))
         rows.append({"kind": "train", "size": spec.size, "repeat": spec.repeat, "snapshot_kimg": float(kimg),
                      "ratio": k / n, "ci_low": lo, "ci_high": hi, "n_memorized": k, "n_samples": n,
                      "n_train": spec.size, "threshold": 1 / 3})

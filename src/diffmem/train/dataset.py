@@ -17,6 +17,7 @@ import numpy as np
 
 from diffmem.artefacts import array_hash
 from diffmem.errors import UsageError
+from diffmem.seeds import TRAIN_DATA_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class DataOrder:
         if epoch not in self._perms:
             if len(self._perms) > 4:
                 self._perms.pop(min(self._perms))
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, epoch]))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, TRAIN_DATA_ORDER, epoch]))
             self._perms[epoch] = rng.permutation(self.n)
         return self._perms[epoch]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffmem import artefacts
+from diffmem import artefacts, seeds
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.devices import exact_float32, resolve_device
 from diffmem.errors import RunError, UsageError
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
 CONFIG_FILE = "config.json"
-_NOISE, _DROPOUT, _INIT = 2, 3, 4  # purposes of derived seeds
+_NOISE, _DROPOUT, _INIT = seeds.TRAIN_NOISE, seeds.TRAIN_DROPOUT, seeds.TRAIN_INIT  # purposes of derived seeds
 
 
 def resolve_configs(data_path: Path, model: ModelConfig, train: TrainConfig):
