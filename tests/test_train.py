@@ -148,9 +148,9 @@ def test_damaged_state_is_refused_not_restarted(data16, tmp_path):
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_state(data16, tmp_path, monkeypatch):
-    import diffmem.train.loop as loop
+    import diffmem.train.step as hot_path
 
-    real = loop.per_sample_loss
+    real = hot_path.per_sample_loss
     calls = []
 
     def poisoned(*a, **k):
@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_keeping_the_last_good_state(data16, tmp_path, mon
         out = real(*a, **k)
         return out * float("nan") if len(calls) == 4 else out
 
-    monkeypatch.setattr(loop, "per_sample_loss", poisoned)
+    monkeypatch.setattr(hot_path, "per_sample_loss", poisoned)
     t = dataclasses.replace(TRAIN, state_kimg=0.008)
     with pytest.raises(RunError, match=r"loss is nan at step 3 \(0.024 kimg\).*last good state"):
         train(data16, tmp_path / "run", MODEL, t)
