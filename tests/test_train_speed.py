@@ -1,0 +1,169 @@
+"""The fast training path against the plain one: flat Adam and EMA against torch's per-tensor versions,
+concurrent micro-batches against sequential accumulation, all bit for bit."""
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffmem.config import ModelConfig, TrainConfig
+from diffmem.io import ImageSet, save_image_set
+from diffmem.nn import build_denoiser
+from diffmem.runtime import intra_op_threads, tune_allocator
+from diffmem.train import train
+from diffmem.train.ema import EMAUpdater, make_ema
+from diffmem.train.flat import FlatAdam, FlatEMA, backs, flatten_parameters
+from diffmem.train.step import concurrent_workers
+
+MODEL = ModelConfig(resolution=8, in_channels=1, channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
+                    dropout=0.0, precond="edm")
+TRAIN = TrainConfig(kimg=0.064, batch=16, batch_per_device=8, lr=2e-3, warmup_kimg=0.02, ema_decay=0.9,
+                    ema_halflife_kimg=None, snapshot_kimg=0.032, log_kimg=0.016, device="cpu")
+
+
+def _random_grads(params, g):
+    return [torch.randn(p.shape, generator=g) * 0.01 for p in params]
+
+
+def _model_pair():
+    torch.manual_seed(0)
+    a = build_denoiser(MODEL)
+    b = build_denoiser(MODEL)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_flatten_parameters_keeps_values_and_outputs():
+    a, b = _model_pair()
+    flat = flatten_parameters(b)
+    assert flat.numel() == sum(p.numel() for p in a.parameters())
+    assert backs(flat, list(b.parameters()))
+    x, s = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 1.0, 10.0])
+    assert torch.equal(a(x, s), b(x, s))
+    with torch.no_grad():
+        flat.add_(1.0)  # the parameters are views: they move with the buffer
+    assert torch.equal(next(b.parameters()), next(a.parameters()) + 1.0)
+    b.load_state_dict(a.state_dict())  # an in-place load keeps the views
+    assert backs(flat, list(b.parameters())) and torch.equal(a(x, s), b(x, s))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_flat_adam_is_torch_adam_bit_for_bit(weight_decay):
+    a, b = _model_pair()
+    pa, pb = list(a.parameters()), list(b.parameters())
+    ref = torch.optim.Adam(pa, lr=2e-3, betas=(0.9, 0.99), eps=1e-7, weight_decay=weight_decay)
+    fast = FlatAdam(pb, flatten_parameters(b), lr=2e-3, betas=(0.9, 0.99), eps=1e-7, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(1)
+    for step in range(12):
+        grads = _random_grads(pa, g)
+        lr = 2e-3 * min(1.0, (step + 1) / 5)  # a warm-up changes the rate between steps
+        for opt in (ref, fast):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        for p, gr in zip(pa, grads):
+            p.grad = gr.clone()
+        for p, gr in zip(pb, grads):
+            p.grad = gr.clone()
+        ref.step()
+        fast.step()
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    sa, sb = ref.state_dict()["state"], fast.state_dict()["state"]
+    assert sorted(sa) == sorted(sb) == list(range(len(pa)))
+    for i in sa:
+        assert set(sa[i]) == set(sb[i]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i])
+
+    # states cross over both ways and the runs continue identically
+    c, d = _model_pair()
+    c.load_state_dict(a.state_dict())
+    d.load_state_dict(a.state_dict())
+    ref2 = torch.optim.Adam(c.parameters(), lr=2e-3, betas=(0.9, 0.99), eps=1e-7, weight_decay=weight_decay)
+    ref2.load_state_dict(fast.state_dict())
+    fast2 = FlatAdam(list(d.parameters()), flatten_parameters(d), lr=2e-3, betas=(0.9, 0.99), eps=1e-7,
+                     weight_decay=weight_decay)
+    fast2.load_state_dict(ref.state_dict())
+    grads = _random_grads(pa, g)
+    for model, opt in ((a, ref), (b, fast), (c, ref2), (d, fast2)):
+        for p, gr in zip(model.parameters(), grads):
+            p.grad = gr.clone()
+        opt.step()
+    for other in (b, c, d):
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), other.parameters()))
+
+
+def test_flat_adam_refuses_a_missing_gradient():
+    _, b = _model_pair()
+    opt = FlatAdam(list(b.parameters()), flatten_parameters(b), lr=1e-3)
+    with pytest.raises(RuntimeError, match="parameter 0 has no gradient"):
+        opt.step()
+
+
+def test_flat_ema_is_the_per_tensor_update_bit_for_bit():
+    a, b = _model_pair()
+    ema_a, ema_b = make_ema(a), make_ema(b)
+    flat_b, ema_flat = flatten_parameters(b), flatten_parameters(ema_b)
+    ref, fast = EMAUpdater(ema_a, a), FlatEMA(ema_b, ema_flat, b, flat_b)
+    g = torch.Generator().manual_seed(2)
+    for beta in (0.0, 0.5, 0.9, 0.999):
+        with torch.no_grad():
+            for pa, pb in zip(a.parameters(), b.parameters()):
+                pa.add_(torch.randn(pa.shape, generator=g))
+                pb.copy_(pa)
+        ref(beta)
+        fast(beta)
+        assert all(torch.equal(x, y) for x, y in zip(ema_a.parameters(), ema_b.parameters()))
+
+
+def test_concurrent_workers_only_when_safe():
+    cpu = torch.device("cpu")
+    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 2) == 2
+    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 8) == 2  # no more threads than micro-batches
+    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 1) == 1
+    assert concurrent_workers(MODEL, dataclasses.replace(TRAIN, batch_per_device=None), cpu, 16, False, 2) == 1
+    assert concurrent_workers(dataclasses.replace(MODEL, dropout=0.1), TRAIN, cpu, 16, False, 2) == 1  # RNG race
+    assert concurrent_workers(MODEL, TRAIN, cpu, 16, True, 2) == 1  # DDP accumulates with no_sync
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    p = tmp_path_factory.mktemp("data") / "d.npz"
+    save_image_set(p, ImageSet(images=rng.integers(0, 256, (24, 1, 8, 8), dtype=np.uint8)))
+    return p
+
+
+@pytest.mark.slow
+def test_concurrent_micro_batches_train_the_bits_of_sequential_accumulation(data, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="diffmem.train.step")
+    with intra_op_threads(1):
+        seq = train(data, tmp_path / "seq", MODEL, TRAIN)
+    assert "run concurrently" not in caplog.text
+    with intra_op_threads(2):
+        conc = train(data, tmp_path / "conc", MODEL, TRAIN)
+        assert torch.get_num_threads() == 2  # restored after training
+    assert "2 micro-batches of 8, run concurrently" in caplog.text
+    for name in ("final.safetensors", "state.safetensors", "checkpoints/snapshot-000000.032.safetensors"):
+        a, b = load_file(str(seq / name)), load_file(str(conc / name))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    losses = lambda r: [json.loads(x)["loss"] for x in (r / "stats.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(seq) == losses(conc)
+
+
+@pytest.mark.slow
+def test_concurrent_run_resumes_bit_identically(data, tmp_path):
+    with intra_op_threads(2):
+        whole = train(data, tmp_path / "whole", MODEL, TRAIN)
+        part = train(data, tmp_path / "part", MODEL, TRAIN, stop_after_steps=2)
+    with intra_op_threads(1):  # resumed on one thread: still the same bits
+        train(data, part, MODEL, TRAIN)
+    a, b = load_file(str(whole / "state.safetensors")), load_file(str(part / "state.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tune_allocator_is_idempotent():
+    first = tune_allocator()
+    assert isinstance(first, bool) and tune_allocator() is first
