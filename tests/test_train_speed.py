@@ -167,3 +167,38 @@ def test_concurrent_run_resumes_bit_identically(data, tmp_path):
 def test_tune_allocator_is_idempotent():
     first = tune_allocator()
     assert isinstance(first, bool) and tune_allocator() is first
+
+
+@pytest.mark.slow
+def test_job_samples_snapshots_concurrently_with_the_same_results_and_shares_the_optimum(tmp_path, caplog):
+    """A sweep job on two threads (snapshots sampled at once) gives the rows and samples of one on one thread;
+    a second job on the same subset copies the optimum's measurement, which equals a fresh one."""
+    from diffmem.data import load_dataset
+    from diffmem.measure import measure
+    from diffmem.sample import OptimalDenoiser, generate
+    from diffmem.sweep.emm import job_spec
+    from diffmem.sweep.jobs import run_job
+    from test_emm_e2e import TINY
+
+    caplog.set_level(logging.INFO, logger="diffmem.sweep.jobs")
+    spec = job_spec(TINY, 16, 0)
+    with intra_op_threads(1):
+        one = run_job(spec, tmp_path / "one" / spec.dirname)
+    with intra_op_threads(2):
+        two = run_job(spec, tmp_path / "two" / spec.dirname)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "job"} for r in rows]  # noqa: E731
+    assert strip(one) == strip(two) and [r["kind"] for r in one] == ["optimal", "train", "train"]
+    for kimg in ("000000.320", "000000.640"):
+        a = np.load(tmp_path / "one" / spec.dirname / "snapshots" / kimg / "samples.npz", allow_pickle=False)
+        b = np.load(tmp_path / "two" / spec.dirname / "snapshots" / kimg / "samples.npz", allow_pickle=False)
+        assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["seeds"], b["seeds"])
+    assert "copied from" not in caplog.text
+
+    wider = job_spec(dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, channels=4)), 16, 0)
+    with intra_op_threads(1):
+        rows = run_job(wider, tmp_path / "one" / wider.dirname)
+    assert f"copied from {spec.dirname}" in caplog.text
+    train_set, _ = load_dataset(tmp_path / "one" / wider.dirname / "dataset")
+    fresh = measure(generate(OptimalDenoiser(train_set.images), TINY.n_samples, TINY.sample_seed, TINY.sample),
+                    train_set, TINY.measure).summary
+    assert rows[0]["kind"] == "optimal" and rows[0]["n_memorized"] == fresh["n_memorized"] == TINY.n_samples

@@ -8,7 +8,9 @@ time. :func:`tune_allocator` raises the ``mmap`` threshold to its maximum (32 MB
 512 MB of freed memory for reuse instead of handing it back. Arithmetic is unchanged (results are
 bit-identical); the price is that freed memory stays with the process. glibc only; elsewhere a no-op.
 
-**Threads.** :func:`intra_op_threads` sets torch's intra-op thread count for a block and restores it.
+**Threads.** :func:`intra_op_threads` sets torch's intra-op thread count for a block and restores it;
+:func:`run_concurrently` runs independent tasks (e.g. sampling several snapshots) on several threads
+with one intra-op thread each.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import ctypes
 import ctypes.util
 import logging
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ MMAP_THRESHOLD = 32 << 20  # the largest value glibc accepts on 64-bit systems
 TRIM_THRESHOLD = 512 << 20  # freed memory kept for reuse before any is returned to the system
 
 _tuned: bool | None = None
+T = TypeVar("T")
 
 
 def tune_allocator() -> bool:
@@ -65,3 +70,22 @@ def intra_op_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def run_concurrently(tasks: Sequence[Callable[[], T]], threads: int) -> Iterator[T]:
+    """The tasks' results, in order. With ``threads`` ≥ 2, up to that many tasks run at once, each on one
+    intra-op thread (independent small-model work spreads over cores better than one intra-op team);
+    otherwise one after another as they are."""
+    workers = min(threads, len(tasks))
+    if workers < 2:
+        for task in tasks:
+            yield task()
+        return
+    with intra_op_threads(1):
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="diffmem-task")
+        try:
+            futures = [pool.submit(task) for task in tasks]
+            for f in futures:
+                yield f.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

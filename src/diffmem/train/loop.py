@@ -40,7 +40,7 @@ from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 from diffmem.train.flat import FlatAdam, FlatEMA, flatten_parameters
 from diffmem.train.losses import sample_sigma
-from diffmem.train.step import TrainStep, concurrent_workers
+from diffmem.train.step import TrainStep, compile_module, concurrent_workers
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         _truncate_stats(run / STATS_FILE, step)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     if train.compile:
-        ddp = torch.compile(ddp)
+        ddp = compile_module(ddp, device)
     step_fn = TrainStep(ddp, list(net.parameters()), model, train, device, per_rank=per_rank,
                         distributed=distributed, pool=pool, grad_buffer=getattr(opt, "grad", None))
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -30,6 +32,31 @@ from diffmem.train.flat import views_of
 from diffmem.train.losses import per_sample_loss
 
 log = logging.getLogger(__name__)
+
+
+def inductor_cache_dir() -> Path:
+    """Where torch.compile keeps its compiled graphs: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else
+    ``diffmem/inductor`` under the user's cache home, so the warm-up is paid once per machine."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "diffmem" / "inductor"
+
+
+def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(module)`` with inductor's on-disk caches in :func:`inductor_cache_dir` (C++ wrapper on
+    the CPU); the module itself, with one warning, when the CPU has no C++ compiler for inductor."""
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as e:  # inductor raises its own error types for a missing or unusable compiler
+            log.warning("train.compile: no C++ compiler for torch.compile on the CPU (%s); training eagerly",
+                        " ".join(str(e).split())[:200])
+            return module
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
+    return torch.compile(module, options={"cpp_wrapper": device.type == "cpu"})
 
 
 def concurrent_workers(model: ModelConfig, train: TrainConfig, device: torch.device, per_rank: int,
