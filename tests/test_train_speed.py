@@ -202,3 +202,21 @@ def test_job_samples_snapshots_concurrently_with_the_same_results_and_shares_the
     fresh = measure(generate(OptimalDenoiser(train_set.images), TINY.n_samples, TINY.sample_seed, TINY.sample),
                     train_set, TINY.measure).summary
     assert rows[0]["kind"] == "optimal" and rows[0]["n_memorized"] == fresh["n_memorized"] == TINY.n_samples
+
+
+def test_compile_without_a_cpp_compiler_trains_eagerly_with_one_warning(data, tmp_path, caplog, monkeypatch):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    t = dataclasses.replace(TRAIN, kimg=0.032, snapshot_kimg=None)
+    with caplog.at_level(logging.WARNING, logger="diffmem.train.step"):
+        compiled = train(data, tmp_path / "c", MODEL, dataclasses.replace(t, compile=True))
+    eager = train(data, tmp_path / "e", MODEL, t)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["train.compile: no C++ compiler for torch.compile on the CPU (no C++ compiler found); "
+                        "training eagerly"]
+    a, b = load_file(str(compiled / "final.safetensors")), load_file(str(eager / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
