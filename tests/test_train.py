@@ -241,7 +241,7 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     import sys
     import time
 
-    args = ["--data", str(data16), "--preset", "digits", "--channels", "8", "--batch", "8", "--kimg", "0.16",
+    args = ["--data", str(data16), "--preset", "digits", "--channels", "8", "--batch", "8", "--kimg", "0.48",
             "--state-kimg", "0.016", "--snapshot-kimg", "0.08", "--dropout", "0.1", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     run = tmp_path / "killed"
@@ -249,8 +249,8 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (run / "state.safetensors").exists() and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
+    time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"

@@ -1,8 +1,7 @@
-"""The fast training path against the plain one: flat Adam and EMA against torch's per-tensor versions,
-concurrent micro-batches against sequential accumulation, all bit for bit."""
+"""The fast training path against the plain one: flat Adam and EMA against torch's per-tensor versions bit for
+bit; the FLOP estimate and the thread rule; sweep jobs that sample several snapshots at once; compile fallback."""
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
@@ -17,7 +16,7 @@ from diffmem.runtime import intra_op_threads, tune_allocator
 from diffmem.train import train
 from diffmem.train.ema import EMAUpdater, make_ema
 from diffmem.train.flat import FlatAdam, FlatEMA, backs, flatten_parameters
-from diffmem.train.step import concurrent_workers
+from diffmem.train.step import step_gflop, step_threads
 
 MODEL = ModelConfig(resolution=8, in_channels=1, channels=8, channel_mult=(1, 2), blocks=1, attn_resolutions=(),
                     dropout=0.0, precond="edm")
@@ -118,14 +117,28 @@ def test_flat_ema_is_the_per_tensor_update_bit_for_bit():
         assert all(torch.equal(x, y) for x, y in zip(ema_a.parameters(), ema_b.parameters()))
 
 
-def test_concurrent_workers_only_when_safe():
-    cpu = torch.device("cpu")
-    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 2) == 2
-    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 8) == 2  # no more threads than micro-batches
-    assert concurrent_workers(MODEL, TRAIN, cpu, 16, False, 1) == 1
-    assert concurrent_workers(MODEL, dataclasses.replace(TRAIN, batch_per_device=None), cpu, 16, False, 2) == 1
-    assert concurrent_workers(dataclasses.replace(MODEL, dropout=0.1), TRAIN, cpu, 16, False, 2) == 1  # RNG race
-    assert concurrent_workers(MODEL, TRAIN, cpu, 16, True, 2) == 1  # DDP accumulates with no_sync
+def test_step_gflop_matches_the_counted_training_step():
+    """The estimate (3 × one image's forward × batch) against torch's count of a real forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffmem.config import MODEL_PRESETS
+    from diffmem.train.losses import per_sample_loss
+
+    m = dataclasses.replace(MODEL_PRESETS["digits"], resolution=8, in_channels=1)
+    D = build_denoiser(m).train()
+    y, n = torch.rand(64, 1, 8, 8) * 2 - 1, torch.randn(64, 1, 8, 8)
+    with FlopCounterMode(display=False) as counter:
+        per_sample_loss(D, y, torch.full((64,), 0.5, dtype=torch.float64), n, None, m).mean().backward()
+    counted = counter.get_total_flops() / 1e9
+    assert 1.0 < counted < 3.0  # the digits model: ~1.7 GFLOP per step of 64 images
+    assert step_gflop(D, m, 64) == pytest.approx(counted, rel=0.1)
+    assert D.training  # counted in eval mode, given back in training mode
+
+
+def test_step_threads():
+    assert step_threads(None, 1.7, 8) == 1  # a small step: one intra-op thread
+    assert step_threads(None, 500.0, 8) == 8  # a large one: every thread
+    assert step_threads(3, 1.7, 8) == 3  # asked for: as asked
 
 
 @pytest.fixture(scope="module")
@@ -137,31 +150,21 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_concurrent_micro_batches_train_the_bits_of_sequential_accumulation(data, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="diffmem.train.step")
+def test_small_training_runs_on_one_thread_whatever_the_callers_setting(data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="diffmem.train.loop")
     with intra_op_threads(1):
-        seq = train(data, tmp_path / "seq", MODEL, TRAIN)
-    assert "run concurrently" not in caplog.text
+        one = train(data, tmp_path / "one", MODEL, TRAIN)
     with intra_op_threads(2):
-        conc = train(data, tmp_path / "conc", MODEL, TRAIN)
-        assert torch.get_num_threads() == 2  # restored after training
-    assert "2 micro-batches of 8, run concurrently" in caplog.text
-    for name in ("final.safetensors", "state.safetensors", "checkpoints/snapshot-000000.032.safetensors"):
-        a, b = load_file(str(seq / name)), load_file(str(conc / name))
-        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
-    losses = lambda r: [json.loads(x)["loss"] for x in (r / "stats.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(seq) == losses(conc)
-
-
-@pytest.mark.slow
-def test_concurrent_run_resumes_bit_identically(data, tmp_path):
-    with intra_op_threads(2):
-        whole = train(data, tmp_path / "whole", MODEL, TRAIN)
-        part = train(data, tmp_path / "part", MODEL, TRAIN, stop_after_steps=2)
-    with intra_op_threads(1):  # resumed on one thread: still the same bits
-        train(data, part, MODEL, TRAIN)
-    a, b = load_file(str(whole / "state.safetensors")), load_file(str(part / "state.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+        auto = train(data, tmp_path / "auto", MODEL, TRAIN)
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    assert caplog.text.count("training on 1 intra-op thread(s)") == 2
+    for name in ("final.safetensors", "state.safetensors"):  # hence the same bits
+        a, b = load_file(str(one / name)), load_file(str(auto / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    with intra_op_threads(1):
+        train(data, tmp_path / "two", MODEL, TRAIN, threads=2)
+        assert torch.get_num_threads() == 1
+    assert "training on 2 intra-op thread(s)" in caplog.text
 
 
 def test_tune_allocator_is_idempotent():
@@ -170,7 +173,7 @@ def test_tune_allocator_is_idempotent():
 
 
 @pytest.mark.slow
-def test_job_samples_snapshots_concurrently_with_the_same_results_and_shares_the_optimum(tmp_path, caplog):
+def test_job_samples_snapshots_at_once_with_the_same_results_and_shares_the_optimum(tmp_path, caplog):
     """A sweep job on two threads (snapshots sampled at once) gives the rows and samples of one on one thread;
     a second job on the same subset copies the optimum's measurement, which equals a fresh one."""
     from diffmem.data import load_dataset

@@ -309,11 +309,10 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "paper-basic": TrainConfig(epochs=40_000, batch=512, lr=2e-4, warmup_kimg=10.0, ema_halflife_kimg=500.0),
-    # 3,000 steps of batch 64, 200 warm-up steps; EMA 0.99 (0.999 lags ~1,000 steps behind on runs this short);
-    # two micro-batches of 32, which two CPU threads run at once (diffmem.train.step)
+    # 3,000 steps of batch 64, 200 warm-up steps; EMA 0.99 (0.999 lags ~1,000 steps behind on runs this short)
     "digits": TrainConfig(
-        kimg=192.0, batch=64, batch_per_device=32, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99,
-        ema_halflife_kimg=None, ema_rampup_ratio=None, snapshot_kimg=64.0,
+        kimg=192.0, batch=64, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99, ema_halflife_kimg=None,
+        ema_rampup_ratio=None, snapshot_kimg=64.0,
     ),
 }
 
@@ -336,8 +335,8 @@ EMM_PRESETS: dict[str, EMMConfig] = {
     "digits": EMMConfig(
         data=DataConfig(source="digits"),
         model=dataclasses.replace(MODEL_PRESETS["digits"], channels=16),
-        train=TrainConfig(kimg=192.0, batch=64, batch_per_device=32, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99,
-                          ema_halflife_kimg=None, ema_rampup_ratio=None, snapshot_kimg=64.0),
+        train=TrainConfig(kimg=192.0, batch=64, lr=2e-3, warmup_kimg=12.8, ema_decay=0.99, ema_halflife_kimg=None,
+                          ema_rampup_ratio=None, snapshot_kimg=64.0),
         n_samples=1_000, size_min=32, size_max=1024, grid_factor=2.0, bracket_factor=1.25, measure_ends=True,
     ),
     # The reference study's basic setup for GPU users: CIFAR-10 (the python archive in the working directory),

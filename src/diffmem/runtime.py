@@ -57,19 +57,19 @@ def tune_allocator() -> bool:
 
 
 @contextlib.contextmanager
-def intra_op_threads(n: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
+def intra_op_threads(n: int | None = None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (``None``: left as it is, to be set
+    inside), and the caller's count restored after it."""
     import torch
 
     old = torch.get_num_threads()
-    if n == old:
-        yield
-        return
-    torch.set_num_threads(n)
+    if n is not None and n != old:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def run_concurrently(tasks: Sequence[Callable[[], T]], threads: int) -> Iterator[T]:

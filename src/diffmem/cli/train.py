@@ -73,15 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("training knobs (override the preset)")
     for flag, (_, kind, text) in _TRAIN_FLAGS.items():
         t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser: minutes of warm-up, "
-                                                             "then faster steps (about 4× for the digits preset on "
-                                                             "a CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser (not bit-equal to eager): a warm-up the first time on a "
+                             "machine (compiled graphs are cached under ~/.cache/diffmem/inductor), then somewhat "
+                             "faster steps; see benchmarks/results/train.md")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the run summary) on stdout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown on a terminal)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a "
-                             "busy machine)")
+                        help="CPU intra-op threads for training (default: 1 for a step under 10 GFLOP, such as the "
+                             "digits preset's, whose operators are too small to split; torch's setting otherwise)")
 
 
 def _metavar(kind) -> str | None:
@@ -147,10 +148,10 @@ def run(args: argparse.Namespace) -> int:
     from diffmem.train.distributed import world
 
     if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
-        train_fn(data, out, model, train, progress=False)
+        train_fn(data, out, model, train, progress=False, threads=args.threads)
         return 0
     with _out_lock(out):
-        train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty())
+        train_fn(data, out, model, train, progress=not args.no_progress and sys.stderr.isatty(), threads=args.threads)
     summary = _summary(out)
     if args.json:
         print_json(summary)

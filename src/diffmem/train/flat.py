@@ -69,8 +69,7 @@ class FlatAdam(torch.optim.Optimizer):
     """``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` for parameters that view one flat buffer.
 
     Every parameter must have a gradient at every step (diffmem's networks use all their parameters).
-    Gradients are gathered into one buffer unless they already are views of :attr:`grad` (as
-    :class:`~diffmem.train.step.TrainStep` leaves them), then one single-tensor Adam update runs.
+    The gradients are gathered into one buffer (one ``cat``), then one single-tensor Adam update runs.
     """
 
     def __init__(
@@ -89,14 +88,10 @@ class FlatAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.params = params
         self.flat = flat
-        self.grad = torch.zeros_like(flat)
+        self.grad = torch.zeros_like(flat)  # the gathered gradient
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
         self.step_t = torch.tensor(0.0)  # float32 step count, as torch.optim.Adam keeps it
-
-    def grad_views(self) -> list[torch.Tensor]:
-        """Views of the flat gradient buffer shaped like the parameters (assign them as ``.grad``)."""
-        return views_of(self.grad, self.params)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
@@ -106,8 +101,7 @@ class FlatAdam(torch.optim.Optimizer):
         missing = [i for i, g in enumerate(grads) if g is None]
         if missing:
             raise RuntimeError(f"FlatAdam: parameter {missing[0]} has no gradient; every parameter must have one")
-        if not backs(self.grad, grads):
-            torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+        torch.cat([g.reshape(-1) for g in grads], out=self.grad)
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         # torch's single-tensor Adam (Kingma & Ba 2015, Alg. 1, with L2 added to the gradient) on the buffers

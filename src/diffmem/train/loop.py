@@ -8,13 +8,11 @@ exactly the draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,7 +38,7 @@ from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 from diffmem.train.flat import FlatAdam, FlatEMA, flatten_parameters
 from diffmem.train.losses import sample_sigma
-from diffmem.train.step import TrainStep, compile_module, concurrent_workers
+from diffmem.train.step import TrainStep, compile_module, step_gflop, step_threads
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +151,7 @@ def train(
     *,
     progress: bool = False,
     stop_after_steps: int | None = None,  # save the state and return early after this step (interruption)
+    threads: int | None = None,           # CPU intra-op threads; None = 1 for a small step, else torch's setting
 ) -> Path:
     """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (DESIGN.md §2); returns ``run``.
 
@@ -167,19 +166,14 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     tune_allocator()
-    threads = torch.get_num_threads()
-    workers = concurrent_workers(model, train, device, train.batch // size, size > 1, threads)
-    # training seeds torch's global generators (initial weights, dropout); the caller's states are restored.
-    # Concurrent micro-batches run one intra-op thread each (see diffmem.train.step).
-    with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-          intra_op_threads(1 if workers > 1 else threads),
-          ThreadPoolExecutor(workers, thread_name_prefix="diffmem-microbatch") if workers > 1
-          else contextlib.nullcontext() as pool):
-        return _train(data, run, model, train, device, progress, stop_after_steps, pool)
+    # training seeds torch's global generators (initial weights, dropout) and may set the intra-op threads;
+    # the caller's states are restored
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), intra_op_threads():
+        return _train(data, run, model, train, device, progress, stop_after_steps, threads)
 
 
 def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device: torch.device, progress: bool,
-           stop_after_steps: int | None, pool: ThreadPoolExecutor | None) -> Path:
+           stop_after_steps: int | None, threads: int | None) -> Path:
     rank, size, _ = dist.world()
     distributed = dist.init(device)
     td, model, resolved = resolve_configs(data, model, train)
@@ -217,10 +211,14 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     if rank == 0:
         _truncate_stats(run / STATS_FILE, step)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    if device.type == "cpu":
+        n_threads = step_threads(threads, step_gflop(net, model, per_rank), torch.get_num_threads())
+        torch.set_num_threads(n_threads)  # train() restores the caller's count
+        log.info("training on %d intra-op thread(s)", n_threads)
     if train.compile:
         ddp = compile_module(ddp, device)
     step_fn = TrainStep(ddp, list(net.parameters()), model, train, device, per_rank=per_rank,
-                        distributed=distributed, pool=pool, grad_buffer=getattr(opt, "grad", None))
+                        distributed=distributed)
 
     images = torch.as_tensor(td.images).to(device)
     labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
