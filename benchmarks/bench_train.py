@@ -9,11 +9,11 @@ Methods, each in its own subprocess (so each starts from PyTorch's defaults), al
   nothing else changed (the glibc allocator as it comes, ``--threads`` intra-op threads). This is the
   baseline of every ratio.
 - ``diffmem``: ``diffmem.train.train`` with the ``digits`` preset exactly as ``diffmem train --preset
-  digits`` runs it (the whole loop: data order and draws from (seed, step), micro-batches, optimizer,
-  EMA, stats lines), ``--threads`` threads.
-- ablations (``--ablations``): ``reference+alloc`` (the baseline with diffmem's allocator thresholds),
-  ``diffmem-1thread`` (diffmem on one thread), ``diffmem-onebatch`` (diffmem with the whole batch as
-  one micro-batch, as the preset ran before it split it in two).
+  digits`` runs it (the whole loop: data order and draws from (seed, step), flat Adam and EMA, stats
+  lines; allocator thresholds), given ``--threads`` threads (of which its rule for small steps uses one).
+- ablations (``--ablations``): ``reference-1thread`` (the baseline on one intra-op thread),
+  ``reference+alloc`` (the baseline with diffmem's allocator thresholds), ``diffmem-Nthreads`` (diffmem
+  made to use all ``--threads`` intra-op threads).
 
 Throughput: images/s over the steps after ``--warmup`` (from the timed loop, or for diffmem from
 ``stats.jsonl``). ``--compile`` also trains with ``train.compile`` twice, first with an empty inductor
@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 METHODS = ("reference", "diffmem")
-ABLATIONS = ("reference+alloc", "diffmem-1thread", "diffmem-onebatch")
+ABLATIONS = ("reference-1thread", "reference+alloc", "diffmem-Nthreads")
 RESULTS = Path(__file__).parent / "results" / "train.md"
 
 
@@ -92,7 +93,7 @@ def child_reference(data: Path, steps: int, warmup: int, threads: int, alloc: bo
     return {"images_per_s": steps * B / dt, "steps": steps, "seconds": dt}
 
 
-def child_diffmem(data: Path, steps: int, warmup: int, threads: int, onebatch: bool, compile_: bool,
+def child_diffmem(data: Path, steps: int, warmup: int, threads: int, force_threads: bool, compile_: bool,
                   work: Path) -> dict:
     """``diffmem.train.train`` with the digits preset; images/s from stats.jsonl after ``warmup`` steps."""
     import torch
@@ -102,13 +103,11 @@ def child_diffmem(data: Path, steps: int, warmup: int, threads: int, onebatch: b
     torch.set_num_threads(threads)
     m, t = _configs()
     t = dataclasses.replace(t, kimg=(warmup + steps) * t.batch / 1000, device="cpu", compile=compile_)
-    if onebatch:
-        t = dataclasses.replace(t, batch_per_device=None)
     if compile_:
         t = dataclasses.replace(t, log_kimg=t.batch / 1000)  # a line per step: the first one times the warm-up
     run = work / "run"
     t0 = time.time()
-    train(data, run, m, t)
+    train(data, run, m, t, threads=threads if force_threads else None)
     stats = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
     start = next(s for s in stats if s["step"] >= warmup)
     end = stats[-1]
@@ -120,41 +119,31 @@ def child_diffmem(data: Path, steps: int, warmup: int, threads: int, onebatch: b
     return out
 
 
-def _cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+def _busy_seconds() -> float:
+    """CPU-seconds all CPUs have been busy since boot (/proc/stat: everything but idle and iowait)."""
     with open("/proc/stat") as f:
         v = [float(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]  # idle + iowait
-    return sum(v) - idle, sum(v)
-
-
-def wait_until_idle(max_busy: float, patience_s: float) -> float:
-    """Wait (up to ``patience_s``) until the CPUs are busier than ``max_busy`` for no 5-s window; return the busy
-    fraction of the last window (1 thread of a 2-core machine = 0.5)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        b0, t0 = _cpu_times()
-        time.sleep(5)
-        b1, t1 = _cpu_times()
-        busy = (b1 - b0) / max(t1 - t0, 1e-9)
-        if busy <= max_busy or time.monotonic() > deadline:
-            return busy
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(method: str, args: argparse.Namespace, data: Path, work: Path, env_extra: dict | None = None) -> dict:
+    """Run one measurement in a subprocess; also how busy the machine's other processes kept the CPUs meanwhile
+    (busy CPU-seconds of the machine minus the child's own, per second and CPU)."""
     work.mkdir(parents=True, exist_ok=True)
-    idle_busy = wait_until_idle(args.max_busy, args.patience) if args.max_busy < 1 else None
     out = work / f"{method}.json"
     cmd = [sys.executable, __file__, "--child", method, "--data", str(data), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--result", str(out)]
     env = dict(os.environ, **(env_extra or {}))
-    load0 = os.getloadavg()[0]
+    load0, busy0, wall0 = os.getloadavg()[0], _busy_seconds(), time.monotonic()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, env=env)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    others = max(0.0, _busy_seconds() - busy0 - own) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
     res = json.loads(out.read_text())
-    res.update(method=method, load_before=load0, load_after=os.getloadavg()[0], busy_before=idle_busy)
-    print(f"  {method:18s} {res['images_per_s']:7.0f} images/s  (load {load0:.1f} → {res['load_after']:.1f}"
-          + (f", CPUs {idle_busy:.0%} busy before" if idle_busy is not None else "") + ")",
-          file=sys.stderr, flush=True)
+    res.update(method=method, load_before=load0, load_after=os.getloadavg()[0], others_busy=others)
+    print(f"  {method:18s} {res['images_per_s']:7.0f} images/s  (load {load0:.1f} → {res['load_after']:.1f}; "
+          f"other processes kept the CPUs {others:.0%} busy)", file=sys.stderr, flush=True)
     return res
 
 
@@ -175,9 +164,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100, help="untimed steps first (the first ones run slower)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating methods")
     ap.add_argument("--size", type=int, default=128, help="training images (digits)")
-    ap.add_argument("--max-busy", type=float, default=1.0, help="wait before each measurement until the CPUs "
-                    "are at most this busy over 5 s (0.1 = a quiet machine; 1 = do not wait)")
-    ap.add_argument("--patience", type=float, default=7200, help="longest wait for --max-busy, seconds")
     ap.add_argument("--ablations", action="store_true", help="also " + ", ".join(ABLATIONS))
     ap.add_argument("--compile", action="store_true", help="also train.compile, with a cold then a warm cache")
     ap.add_argument("--write", action="store_true", help="write the table to benchmarks/results/train.md")
@@ -187,11 +173,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         if a.child.startswith("reference"):
-            res = child_reference(a.data, a.steps, a.warmup, a.threads, alloc=a.child == "reference+alloc")
+            res = child_reference(a.data, a.steps, a.warmup, 1 if a.child == "reference-1thread" else a.threads,
+                                  alloc=a.child == "reference+alloc")
         else:
-            res = child_diffmem(a.data, a.steps, a.warmup, 1 if a.child == "diffmem-1thread" else a.threads,
-                                onebatch=a.child == "diffmem-onebatch", compile_=a.child.startswith("compile"),
-                                work=a.result.parent / a.child)
+            res = child_diffmem(a.data, a.steps, a.warmup, a.threads, force_threads=a.child == "diffmem-Nthreads",
+                                compile_=a.child.startswith("compile"), work=a.result.parent / a.child)
         a.result.write_text(json.dumps(res))
         return
 
@@ -228,15 +214,19 @@ def report(a, methods, rounds, compiled, started, torch_version) -> str:
         f"Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`  ",
         f"Date: {started}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs; torch {torch_version}; "
+        f"process priority nice {os.nice(0)}; "
         f"{a.threads} threads on both sides; digits preset (batch 64, 1×8×8), {a.size} training images; "
         f"{a.steps} timed steps after {a.warmup} untimed ones per measurement", "",
-        "| round | " + " | ".join(f"{m} (images/s)" for m in methods) + " | diffmem / reference | load average |",
-        "|---|" + "---|" * len(methods) + "---|---|",
+        "| round | " + " | ".join(f"{m} (images/s)" for m in methods)
+        + " | diffmem / reference | load average | CPUs busy with other processes |",
+        "|---|" + "---|" * len(methods) + "---|---|---|",
     ]
     for i, r in enumerate(rounds):
         loads = [r[m]["load_before"] for m in methods] + [r[methods[-1]]["load_after"]]
+        others = [r[m]["others_busy"] for m in methods]
         lines.append(f"| {i + 1} | " + " | ".join(f"{r[m]['images_per_s']:,.0f}" for m in methods)
-                     + f" | {ratio[i]:.2f}× | {min(loads):.1f}–{max(loads):.1f} |")
+                     + f" | {ratio[i]:.2f}× | {min(loads):.1f}–{max(loads):.1f} | "
+                     f"{min(others):.0%}–{max(others):.0%} |")
     lines += ["", f"**diffmem / reference: median {statistics.median(ratio):.2f}× over {len(ratio)} rounds** "
               f"(range {min(ratio):.2f}–{max(ratio):.2f}×)."]
     if len(methods) > 2:
@@ -247,11 +237,13 @@ def report(a, methods, rounds, compiled, started, torch_version) -> str:
     if compiled:
         ref = statistics.median(r["reference"]["images_per_s"] for r in rounds)
         lines += ["", "`train.compile` (`diffmem train --compile`), inductor cache in a fresh directory:", "",
-                  "| cache | time to the first step (s) | images/s after warm-up | / median reference | load |",
-                  "|---|---|---|---|---|"]
+                  "| cache | time to the first step (s) | images/s after warm-up | / median reference | load | "
+                  "CPUs busy with other processes |",
+                  "|---|---|---|---|---|---|"]
         for c in compiled:
             lines.append(f"| {c['method'].split('-')[1]} | {c['first_step_s']:.1f} | {c['images_per_s']:,.0f} | "
-                         f"{c['images_per_s'] / ref:.2f}× | {c['load_before']:.1f}–{c['load_after']:.1f} |")
+                         f"{c['images_per_s'] / ref:.2f}× | {c['load_before']:.1f}–{c['load_after']:.1f} | "
+                         f"{c['others_busy']:.0%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -223,3 +223,19 @@ def test_compile_without_a_cpp_compiler_trains_eagerly_with_one_warning(data, tm
                         "training eagerly"]
     a, b = load_file(str(compiled / "final.safetensors")), load_file(str(eager / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("n", "batch"), [(10, 4), (10, 10), (7, 64), (1797, 64), (128, 64)])
+def test_data_order_is_the_epoch_permutation_stream(n, batch):
+    """Step s's indices are positions s·B … (s+1)·B − 1 of the stream of per-epoch permutations from (seed, epoch),
+    within an epoch and across epoch boundaries alike."""
+    from diffmem.train.dataset import DataOrder
+
+    seed, steps = 3, 40
+    epochs = steps * batch // n + 2
+    stream = np.concatenate([np.random.default_rng(np.random.SeedSequence([seed, 1, e])).permutation(n)
+                             for e in range(epochs)])
+    order = DataOrder(n, batch, seed)
+    for s in range(steps):
+        got = order.indices(s)
+        assert got.dtype == np.int64 and np.array_equal(got, stream[s * batch:(s + 1) * batch]), s

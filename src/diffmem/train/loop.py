@@ -249,7 +249,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         noise = torch.randn((B, *td.images.shape[1:]), generator=g, device=device)
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
         sigma, noise = sample_sigma(model, train, u[sl], z[sl]), noise[sl]
-        torch.manual_seed(derive_seed(train.seed, _DROPOUT, step, rank))
+        _seed_dropout(derive_seed(train.seed, _DROPOUT, step, rank), device)
         # linear lr warm-up over warmup_kimg
         warm = train.warmup_kimg * 1000
         lr = train.lr * (min(1.0, (nimg + B) / warm) if warm > 0 else 1.0)
@@ -298,3 +298,11 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
                                  steps=step, kimg=nimg / 1000, epochs=nimg / N)
     dist.barrier()
     return run
+
+
+def _seed_dropout(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed(seed)`` for the generators training draws from (the CPU's, and CUDA's on a GPU):
+    the same states, without queueing a lazy seed call (and its stack trace) for each absent accelerator."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
