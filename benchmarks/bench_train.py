@@ -166,7 +166,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="training images (digits)")
     ap.add_argument("--ablations", action="store_true", help="also " + ", ".join(ABLATIONS))
     ap.add_argument("--compile", action="store_true", help="also train.compile, with a cold then a warm cache")
-    ap.add_argument("--write", action="store_true", help="write the table to benchmarks/results/train.md")
+    ap.add_argument("--write", action="store_true", help="write the tables into benchmarks/results/train.md "
+                    "(its generated block; the notes around it are kept)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -203,14 +204,27 @@ def main() -> None:
     text = report(a, methods, rounds, compiled, started, torch.__version__)
     print(text)
     if a.write:
-        RESULTS.write_text(text)
+        write_results(text)
         print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+BEGIN, END = "<!-- bench_train.py: generated, begin -->", "<!-- bench_train.py: generated, end -->"
+
+
+def write_results(text: str) -> None:
+    """Replace the generated block of results/train.md (the notes around it are kept)."""
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    block = f"{BEGIN}\n{text}{END}"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = block + "\n"
+    RESULTS.write_text(new)
 
 
 def report(a, methods, rounds, compiled, started, torch_version) -> str:
     ratio = [r["diffmem"]["images_per_s"] / r["reference"]["images_per_s"] for r in rounds]
     lines = [
-        "# Training throughput (`benchmarks/bench_train.py`)", "",
         f"Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`  ",
         f"Date: {started}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs; torch {torch_version}; "

@@ -50,11 +50,12 @@ def step_threads(requested: int | None, gflop: float, available: int) -> int:
     :data:`SMALL_STEP_GFLOP` and ``available`` for a larger one.
 
     A small model's step is a few hundred operators of a few microseconds each; a second intra-op
-    thread adds a fork and a join to every one of them and gains little (on the 2-vCPU machines the
-    embedded default targets, the two vCPUs share one core), and when another process holds the other
-    CPU every join waits for it: the digits preset ran 5–20× slower on two threads than on one while
-    other jobs shared the machine. Since the thread count changes the last bits of some kernels, the
-    default also makes a small run's results independent of the machine's core count.
+    thread adds a fork and a join to every one of them and gains at most ~25 % (on the 2-vCPU machines
+    the embedded default targets, the two vCPUs share one core), and when another process holds the
+    other CPU every join waits for it: the digits preset ran 3–20× slower on two threads than on one
+    while other jobs shared the machine (benchmarks/results/train.md). Since the thread count changes
+    the last bits of some kernels, the default also makes a small run's results independent of the
+    machine's core count.
     """
     if requested is not None:
         return requested
