@@ -159,7 +159,8 @@ def make_data(path: Path, size: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (both sides)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads given to both sides (diffmem's rule runs a small step on one of them)")
     ap.add_argument("--steps", type=int, default=400, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=100, help="untimed steps first (the first ones run slower)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of alternating methods")
