@@ -34,14 +34,14 @@ KILLER = textwrap.dedent("""
         return calls[0] == n
 
     if kind == "step":
-        import diffmem.train.loop as loop
-        real_loss = loop.per_sample_loss
+        import diffmem.train.step as hot_path
+        real_loss = hot_path.per_sample_loss
 
         def per_sample_loss(*a, **k):
             if hit():
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_loss(*a, **k)
-        loop.per_sample_loss = per_sample_loss
+        hot_path.per_sample_loss = per_sample_loss
     elif kind == "write":
         real_fsync = os.fsync
 
@@ -321,16 +321,16 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_whole_state(data16, tmp_pa
 
 
 def test_non_finite_loss_stops_with_the_step_and_the_last_good_state(data16, tmp_path, capsys, monkeypatch):
-    import diffmem.train.loop as loop
+    import diffmem.train.step as hot_path
 
-    real, calls = loop.per_sample_loss, []
+    real, calls = hot_path.per_sample_loss, []
 
     def poisoned(*a, **k):
         calls.append(1)
         out = real(*a, **k)
         return out * float("inf") if len(calls) == 6 else out
 
-    monkeypatch.setattr(loop, "per_sample_loss", poisoned)
+    monkeypatch.setattr(hot_path, "per_sample_loss", poisoned)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data16), "--out", str(run), *TRAIN_ARGS]) == 1
     err = capsys.readouterr().err
@@ -342,7 +342,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_state(data16, tmp
     assert not (run / "final.safetensors").exists()
     _assert_whole(run)
     # that state is good: resumed without the fault, the run ends with the bits of a run never poisoned
-    monkeypatch.setattr(loop, "per_sample_loss", real)
+    monkeypatch.setattr(hot_path, "per_sample_loss", real)
     assert main(["train", "--data", str(data16), "--out", str(run), *TRAIN_ARGS]) == 0
     assert main(["train", "--data", str(data16), "--out", str(tmp_path / "clean"), *TRAIN_ARGS]) == 0
     a, b = load_file(str(run / "final.safetensors")), load_file(str(tmp_path / "clean" / "final.safetensors"))

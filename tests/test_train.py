@@ -159,9 +159,9 @@ def test_damaged_state_is_refused_not_restarted(data16, tmp_path):
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_state(data16, tmp_path, monkeypatch):
-    import diffmem.train.loop as loop
+    import diffmem.train.step as hot_path
 
-    real = loop.per_sample_loss
+    real = hot_path.per_sample_loss
     calls = []
 
     def poisoned(*a, **k):
@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_keeping_the_last_good_state(data16, tmp_path, mon
         out = real(*a, **k)
         return out * float("nan") if len(calls) == 4 else out
 
-    monkeypatch.setattr(loop, "per_sample_loss", poisoned)
+    monkeypatch.setattr(hot_path, "per_sample_loss", poisoned)
     t = dataclasses.replace(TRAIN, state_kimg=0.008)
     with pytest.raises(RunError, match=r"loss is nan at step 3 \(0.024 kimg\).*last good state"):
         train(data16, tmp_path / "run", MODEL, t)
@@ -289,7 +289,7 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     import sys
     import time
 
-    args = ["--data", str(data16), "--preset", "digits", "--channels", "8", "--batch", "8", "--kimg", "0.16",
+    args = ["--data", str(data16), "--preset", "digits", "--channels", "8", "--batch", "8", "--kimg", "0.48",
             "--state-kimg", "0.016", "--snapshot-kimg", "0.08", "--dropout", "0.1", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     run = tmp_path / "killed"
@@ -297,8 +297,8 @@ def test_resume_after_kill_is_bit_identical(data16, tmp_path):
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (run / "state.safetensors").exists() and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
+    time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"

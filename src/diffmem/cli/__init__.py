@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from diffmem.runtime import tune_allocator
+
+    tune_allocator()  # no page faults on every step's tensors (diffmem.runtime); results are unchanged
     try:
         apply_threads(args)
         return int(args._run(args) or 0)

@@ -93,9 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("training knobs (override the preset)")
     for flag, (_, kind, text) in _TRAIN_FLAGS.items():
         t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser: minutes of warm-up, "
-                                                             "then faster steps (measured gains: "
-                                                             "benchmarks/results/train.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser (not bit-equal to eager): a warm-up the first time on a "
+                             "machine (compiled graphs are cached under ~/.cache/diffmem/inductor), then somewhat "
+                             "faster steps; see benchmarks/results/train.md")
     add_dry_run_argument(parser)
     add_json_argument(parser)
     add_progress_argument(parser)
@@ -159,10 +160,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(resolved) if args.json else sys.stdout.write(json.dumps(to_dict(resolved), indent=2) + "\n")
         return 0
     if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
-        train(data, out, model_cfg, train_cfg, progress=False)
+        train(data, out, model_cfg, train_cfg, progress=False, threads=args.threads)
         return 0
     with _out_lock(out):
-        train(data, out, model_cfg, train_cfg, progress=show_progress(args))
+        train(data, out, model_cfg, train_cfg, progress=show_progress(args), threads=args.threads)
     summary = _summary(out)
     if args.json:
         print_json(summary)

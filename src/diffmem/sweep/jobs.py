@@ -16,11 +16,14 @@ says complete is read back, never redone; an interrupted job resumes stage by st
 every measured snapshot are reused, training resumes from its last state). A job whose run only
 differs by its length from a complete job's in the same directory starts from that job's run
 (:mod:`diffmem.sweep.lineage`).
+A job whose subset another job of the sweep already measured the optimum of copies that measurement
+instead of sampling it again.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from diffmem.artefacts import (
+    atomic_dir,
     atomic_save_npz,
     atomic_write_json,
     config_hash,
@@ -122,13 +126,14 @@ def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[st
     }
 
 
-def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any], heldout=None) -> dict[str, Any]:
-    """Measure ``samples`` against ``train_set`` (and their C_T when a held-out reference is given):
-    ``final/measurement/`` (summary, tables, figures), ``final/samples.npz``, and last the manifest that
-    marks ``final`` complete."""
+def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any], heldout=None,
+                  index=None) -> dict[str, Any]:
+    """Measure ``samples`` against ``train_set`` (or its prepared ``index``), and their C_T when a held-out
+    reference is given: ``final/measurement/`` (summary, tables, figures), ``final/samples.npz``, and last the
+    manifest that marks ``final`` complete."""
     from diffmem.measure import TableNames, full_summary, measure, write_measurement  # torch: only in a job
 
-    m = measure(samples, train_set, measure_cfg)
+    m = measure(samples, index if index is not None else train_set, measure_cfg)
     copying = heldout.copying(samples, m.d1) if heldout is not None else None
     names = TableNames.of(samples, train_set, len(samples), len(train_set))
     final.mkdir(parents=True, exist_ok=True)
@@ -206,12 +211,39 @@ def _measured(final: Path, what: dict[str, Any]) -> dict[str, Any] | None:
     return m.get("summary") if m else None
 
 
+def _copy_shared_optimum(directory: Path, what: dict[str, Any]) -> bool:
+    """Copy the optimum's finished measurement from a sibling job of the same subset (dataset content hashes,
+    sampler, measurement, n and seed all equal): studies over model or training factors share it."""
+    mine = (read_manifest(directory / "dataset") or {}).get("hashes")
+    if not mine:
+        return False
+    for other in sorted(directory.parent.iterdir()):
+        if other == directory or not is_complete(other / "optimal", SNAPSHOT_STAGE, what):
+            continue
+        if (read_manifest(other / "dataset") or {}).get("hashes") != mine:
+            continue
+        with atomic_dir(directory / "optimal", overwrite=True) as tmp:
+            shutil.copytree(other / "optimal", tmp, dirs_exist_ok=True)
+        log.info("job %s: the closed-form optimum of this subset copied from %s", directory.name, other.name)
+        return True
+    return False
+
+
 def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
-    """Dataset → training with snapshots → samples and measurement per snapshot (+ the optimum)."""
-    from diffmem.devices import resolve_device  # torch: only in a job
+    """Dataset → training with snapshots → samples and measurement per snapshot (+ the optimum).
+
+    The sampling of every snapshot (and of the optimum) still to be measured runs after the training,
+    several at once on a CPU with threads to spare (:func:`diffmem.runtime.run_concurrently`; samples do
+    not depend on it); the training side of the nearest-neighbour search is prepared once for all of them.
+    """
+    import torch  # torch: only in a job
+
+    from diffmem.devices import resolve_device
+    from diffmem.measure import prepare_train
+    from diffmem.runtime import run_concurrently
     from diffmem.sample import generate
     from diffmem.sample.labels import present_classes
-    from diffmem.sample.optimal import sample_optimum
+    from diffmem.sample.optimal import dataset_optimum
     from diffmem.sweep.lineage import start_from_shorter  # lineage imports this module
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
@@ -223,11 +255,11 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     sample_cfg = from_dict(SampleConfig, c["sample"], "job.sample")
     measure_cfg = from_dict(MeasureConfig, c["measure"], "job.measure")
     n, seed = int(c["n_samples"]), int(c["sample_seed"])
+    device = resolve_device(sample_cfg.device)
 
     data_dir = build_dataset(data_cfg, directory / "dataset")
     train_set, label_classes = load_dataset(data_dir)
     classes = present_classes(train_set.labels) if label_classes else None
-    rows: list[dict[str, Any]] = []
     n_heldout = int(c.get("heldout", 0))
     heldout = (_heldout_reference(directory / "heldout", spec, data_cfg, train_set, measure_cfg, n_heldout, n)
                if n_heldout > 0 else None)
@@ -235,27 +267,34 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
 
     start_from_shorter(spec, directory, data_dir)
 
+    # (row kind, snapshot kimg, directory, identity, sampling task) of every measurement of the job
+    plan: list[tuple[str, float | None, Path, dict[str, Any], Any]] = []
     if c.get("optimal"):
-        what = optimal_what(c)
-        summary = _measured(directory / "optimal", what)
-        if summary is None:
+        def optimum() -> Any:
             log.info("job %s: sampling the closed-form optimum (%d samples)", spec.dirname, n)
-            samples = sample_optimum(train_set, label_classes, n, seed, sample_cfg)
-            summary = _measure_into(directory / "optimal", samples, train_set, measure_cfg, what, heldout)
-        rows.append(_row("optimal", spec, None, summary, held_summary))
+            denoiser, opt_classes = dataset_optimum(train_set, label_classes, device=device)
+            return generate(denoiser, n, seed, sample_cfg, classes=opt_classes)
+
+        plan.append(("optimal", None, directory / "optimal", optimal_what(c), optimum))
 
     run_dir = train(data_dir, directory / "run", model_cfg, train_cfg, progress=False)
     snapshots = list_snapshots(run_dir)
     if not snapshots:
         raise RunError(f"job {spec.dirname}: training wrote no snapshots in {run_dir}")
     for kimg, path in snapshots:
-        what = snapshot_what(c, kimg)
-        final = directory / "snapshots" / f"{kimg:010.3f}"
-        summary = _measured(final, what)
-        if summary is None:
+        def snapshot(kimg: float = kimg, path: Path = path) -> Any:
             log.info("job %s: sampling snapshot %.3f kimg (%d samples)", spec.dirname, kimg, n)
-            D, _ = load_denoiser(path, device=str(resolve_device(sample_cfg.device)))
-            samples = generate(D, n, seed, sample_cfg, classes=classes)
-            summary = _measure_into(final, samples, train_set, measure_cfg, what, heldout)
-        rows.append(_row("train", spec, float(kimg), summary, held_summary))
-    return rows
+            return generate(load_denoiser(path, device=str(device))[0], n, seed, sample_cfg, classes=classes)
+
+        plan.append(("train", float(kimg), directory / "snapshots" / f"{kimg:010.3f}", snapshot_what(c, kimg),
+                     snapshot))
+
+    if c.get("optimal") and _measured(directory / "optimal", plan[0][3]) is None:
+        _copy_shared_optimum(directory, plan[0][3])
+    todo = [p for p in plan if _measured(p[2], p[3]) is None]
+    if todo:
+        index = prepare_train(train_set)  # once for every measurement of the job
+        threads = torch.get_num_threads() if device.type == "cpu" else 1
+        for (_, _, final, what, _), samples in zip(todo, run_concurrently([p[4] for p in todo], threads)):
+            _measure_into(final, samples, train_set, measure_cfg, what, heldout, index)
+    return [_row(kind, spec, kimg, _measured(final, what), held_summary) for kind, kimg, final, what, _ in plan]

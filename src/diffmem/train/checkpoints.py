@@ -55,8 +55,14 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU with storage of its own (safetensors refuses views into a shared flat buffer)."""
+    t = t.detach().cpu().contiguous()
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = {k: _own(v) for k, v in tensors.items()}
     meta = {**meta, "digest": tensor_digest(tensors), "version": __version__}
     text_meta = {k: v if isinstance(v, str) else json.dumps(to_jsonable(v)) for k, v in meta.items()}
     atomic_write_bytes(path, st_save(tensors, metadata=text_meta))

@@ -89,7 +89,11 @@ class DataOrder:
         return self._perms[epoch]
 
     def indices(self, step: int) -> np.ndarray:
-        pos = np.arange(step * self.batch, (step + 1) * self.batch, dtype=np.int64)
+        start = step * self.batch
+        if start // self.n == (start + self.batch - 1) // self.n:  # within one epoch: a slice of its order
+            offset = start % self.n
+            return self.permutation(start // self.n)[offset:offset + self.batch].astype(np.int64)
+        pos = np.arange(start, start + self.batch, dtype=np.int64)
         epoch, offset = pos // self.n, pos % self.n
         out = np.empty_like(pos)
         for e in np.unique(epoch):

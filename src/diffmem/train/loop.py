@@ -8,7 +8,6 @@ exactly the draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -22,9 +21,9 @@ from diffmem import artefacts, seeds
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.devices import exact_float32, resolve_device
 from diffmem.errors import RunError, UsageError
-from diffmem.io import to_model_scale
 from diffmem.nn import build_denoiser, validate_model_config
 from diffmem.progress import progress_bar
+from diffmem.runtime import intra_op_threads, tune_allocator
 from diffmem.train import distributed as dist
 from diffmem.train.checkpoints import (
     FINAL_FILE,
@@ -37,8 +36,10 @@ from diffmem.train.checkpoints import (
 )
 from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
-from diffmem.train.losses import per_sample_loss, sample_sigma
+from diffmem.train.flat import FlatAdam, FlatEMA, flatten_parameters
+from diffmem.train.losses import sample_sigma
 from diffmem.train.schedule import learning_rate, validate_schedules
+from diffmem.train.step import TrainStep, compile_module, step_gflop, step_threads
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def train(
     *,
     progress: bool = False,
     stop_after_steps: int | None = None,  # save the state and return early after this step (interruption)
+    threads: int | None = None,           # CPU intra-op threads; None = 1 for a small step, else torch's setting
 ) -> Path:
     """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (README.md, "Files"); returns ``run``.
 
@@ -163,14 +165,16 @@ def train(
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    # training seeds torch's global generators (initial weights, dropout); the caller's states are restored
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+    tune_allocator()
+    # training seeds torch's global generators (initial weights, dropout) and may set the intra-op threads;
+    # the caller's states are restored
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), intra_op_threads(), \
             exact_float32(train.precision == "fp32"):  # no TF32, as the reference
-        return _train(data, run, model, train, device, progress, stop_after_steps)
+        return _train(data, run, model, train, device, progress, stop_after_steps, threads)
 
 
 def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device: torch.device, progress: bool,
-           stop_after_steps: int | None) -> Path:
+           stop_after_steps: int | None, threads: int | None) -> Path:
     rank, size, _ = dist.world()
     distributed = dist.init(device)
     td, model, resolved = resolve_configs(data, model, train)
@@ -184,7 +188,6 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
 
     B, N = train.batch, len(td)
     per_rank = B // size
-    micro = train.batch_per_device or per_rank
     total_nimg = train.kimg * 1000 if train.kimg is not None else train.epochs * N
     total_steps = max(1, math.ceil(total_nimg / B - 1e-9))
     state_kimg = train.state_kimg or train.snapshot_kimg or max(B, total_steps * B // 10) / 1000
@@ -192,19 +195,31 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     torch.manual_seed(derive_seed(train.seed, _INIT))  # the initial weights come from the seed
     net = build_denoiser(model).to(device).train()
     ema = make_ema(net)
-    opt = torch.optim.Adam(net.parameters(), lr=train.lr, betas=train.betas, eps=train.eps,
-                           weight_decay=train.weight_decay)  # coupled L2, as the reference study used
+    if device.type == "cpu":  # one kernel per update, not one per tensor (bit-identical to the lines below)
+        flat, ema_flat = flatten_parameters(net), flatten_parameters(ema)
+        opt = FlatAdam(list(net.parameters()), flat, lr=train.lr, betas=train.betas, eps=train.eps,
+                       weight_decay=train.weight_decay)
+        ema_update = FlatEMA(ema, ema_flat, net, flat)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=train.lr, betas=train.betas, eps=train.eps,
+                               weight_decay=train.weight_decay)  # coupled L2, as the reference study used
+        ema_update = EMAUpdater(ema, net)
     step = nimg = 0
     state_path = run / STATE_FILE
     if state_path.exists():
         step, nimg = load_state(state_path, net, ema, opt, config_hash=ident)
         log.info("resuming %s at step %d (%.3f kimg)", run, step, nimg / 1000)
-    ema_update = EMAUpdater(ema, net)
     if rank == 0:
         _truncate_stats(run / STATS_FILE, step)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    if device.type == "cpu":
+        n_threads = step_threads(threads, step_gflop(net, model, per_rank), torch.get_num_threads())
+        torch.set_num_threads(n_threads)  # train() restores the caller's count
+        log.info("training on %d intra-op thread(s)", n_threads)
     if train.compile:
-        ddp = torch.compile(ddp)
+        ddp = compile_module(ddp, device)
+    step_fn = TrainStep(ddp, list(net.parameters()), model, train, device, per_rank=per_rank,
+                        distributed=distributed)
 
     images = torch.as_tensor(td.images).to(device)
     labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
@@ -235,25 +250,12 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         noise = torch.randn((B, *td.images.shape[1:]), generator=g, device=device)
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
         sigma, noise = sample_sigma(model, train, u[sl], z[sl]), noise[sl]
-        torch.manual_seed(derive_seed(train.seed, _DROPOUT, step, rank))
+        _seed_dropout(derive_seed(train.seed, _DROPOUT, step, rank), device)
         lr = learning_rate(train, nimg, N)  # linear warm-up, on the images seen before this step
         for group in opt.param_groups:
             group["lr"] = lr
 
-        opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=device)
-        for k in range(0, per_rank, micro):
-            j = idx[k:k + micro]
-            y = to_model_scale(images[j])
-            lab = labels[j] if labels is not None else None
-            sync = k + micro >= per_rank
-            with _no_sync(ddp) if distributed and not sync else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
-                    loss = per_sample_loss(ddp, y, sigma[k:k + micro], noise[k:k + micro], lab, model,
-                                           train.loss_norm)
-                loss = loss.sum() / per_rank
-                loss.backward()
-            loss_sum += loss.detach()
+        loss_sum = step_fn(images, labels, idx, sigma, noise)  # forward and backward into the gradients
         loss_value = float(dist.mean(loss_sum))
         if not math.isfinite(loss_value):
             raise RunError(f"loss is {loss_value} at step {step} ({nimg / 1000:.3f} kimg); stopped, the last good "
@@ -297,6 +299,9 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     return run
 
 
-def _no_sync(module: torch.nn.Module):
-    """DDP's ``no_sync`` (gradient accumulation without all-reduce), also through a compiled wrapper."""
-    return getattr(module, "_orig_mod", module).no_sync()
+def _seed_dropout(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed(seed)`` for the generators training draws from (the CPU's, and CUDA's on a GPU):
+    the same states, without queueing a lazy seed call (and its stack trace) for each absent accelerator."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
