@@ -82,7 +82,17 @@ def inputs(tmp_path_factory):
         "study_mode": {"name": "w", "mode": "fastest", "factors": {}, "base": {}},
         "study_empty": {"name": "w", "mode": "emm", "factors": {"model.channels": []}, "base": {}},
         "cfg_heldout": {"heldout": -1},
-        "cfg_cells": {"measure": {"copying_cells": -2}},
+        "cfg_cells": {"preset": "digits", "measure": {"copying_cells": -2}},
+        "cfg_no_duration": {"n_samples": 10},
+        "cfg_ema_mode": {"preset": "digits", "train": {"ema_mode": "mode2"}},
+        "cfg_channels": {"preset": "digits", "model": {"channels": 5}},
+        "cfg_levels": {"preset": "digits", "data": {"resolution": 5}},
+        "cfg_labels": {"preset": "digits", "data": {"labels": "some"}},
+        "cfg_solver": {"preset": "digits", "sample": {"solver": "rk4"}},
+        "cfg_threshold": {"preset": "digits", "measure": {"threshold": 0}},
+        "cfg_source": {"preset": "digits", "data": {"source": "npz:does-not-exist.npz"}},
+        "study_value": {"name": "w", "mode": "ratio", "factors": {"model.channels": [8, 7]},
+                        "base": {"preset": "digits", "sizes": [32]}},
     }.items():
         (d / f"{name}.json").write_text(json.dumps(cfg))
         p[name] = d / f"{name}.json"
@@ -226,7 +236,20 @@ CASES = {
     "emm-epsilon-range": (["emm", "--config", "{cfg_range}"], "epsilon", 2),
     "emm-sizes-order": (["emm", "--config", "{cfg_sizes}"], "size", 2),
     "emm-heldout-negative": (["emm", "--config", "{cfg_heldout}"], "heldout: -1", 2),
-    "emm-copying-cells": (["emm", "--config", "{cfg_cells}"], "measure.copying_cells: -2", 2),
+    "emm-copying-cells": (["emm", "--config", "{cfg_cells}"], "{cfg_cells}: measure.copying_cells: -2", 2),
+    # a whole config is validated before anything is written, each field named by its config path and the file
+    "emm-no-duration": (["emm", "--config", "{cfg_no_duration}"], "{cfg_no_duration}: train.kimg: None is not "
+                        "valid; expected exactly one of train.kimg and train.epochs", 2),
+    "emm-ema-mode": (["emm", "--config", "{cfg_ema_mode}"], "{cfg_ema_mode}: train.ema_mode: 'mode2' is not valid", 2),
+    "emm-channels": (["emm", "--config", "{cfg_channels}"], "{cfg_channels}: model.channels: 5 is not valid", 2),
+    "emm-levels": (["emm", "--config", "{cfg_levels}"], "{cfg_levels}: model.channel_mult: [1, 2] is not valid; "
+                   "expected at most as many levels as the data's 5×5 images can be halved into", 2),
+    "emm-labels": (["emm", "--config", "{cfg_labels}"], "{cfg_labels}: data.labels: 'some' is not valid", 2),
+    "emm-solver": (["emm", "--config", "{cfg_solver}"], "{cfg_solver}: sample.solver: 'rk4' is not valid", 2),
+    "emm-threshold": (["emm", "--config", "{cfg_threshold}"], "{cfg_threshold}: measure.threshold: 0.0 is not valid",
+                      2),
+    "emm-missing-source": (["emm", "--config", "{cfg_source}"], "{cfg_source}: data.source: "
+                           "'npz:does-not-exist.npz': 'does-not-exist.npz' does not exist", 2),
     "emm-n-samples-zero": (["emm", "--preset", "digits", "--n-samples", "0"], "--n-samples", 2),
     "emm-repeats-zero": (["emm", "--preset", "digits", "--repeats", "0"], "--repeats", 2),
     "emm-synthetic-negative": (["emm", "--preset", "digits", "--synthetic", "-5"], "--synthetic", 2),
@@ -239,6 +262,10 @@ CASES = {
     "study-unknown-mode": (["study", "--config", "{study_mode}"], "fastest", 2),
     "study-empty-factor": (["study", "--config", "{study_empty}"], "model.channels", 2),
     "study-broken-json": (["study", "--config", "{broken_json}"], "{broken_json}", 2),
+    "study-bad-value": (["study", "--config", "{study_value}"], "{study_value}: value model.channels=7: "
+                        "model.channels: 7 is not valid; expected an even number ≥ 4", 2),
+    "study-dry-run-bad-value": (["study", "--config", "{study_value}", "--dry-run"], "model.channels: 7 is not valid",
+                                2),
     # report
     "report-missing-dir": (["report", "{missing}"], "{missing}", 2),
     "report-a-file": (["report", "{txt}"], "{txt}", 2),

@@ -125,7 +125,10 @@ def _bad_inputs(tmp):
         (["--source", f"folder:{tmp / 'flat'}", "--classes", "2"], "--classes: 2 needs a labeled source"),
         (["--source", "digits", "--resolution", "16"], "--resolution: 16 is larger than the source's 8×8"),
         (["--source", "digits", "--labels", "random"], "--label-classes: None is not valid"),
-        (["--source", "digits", "--label-classes", "3"], "--label-classes: 3 is only used with --labels random"),
+        (["--source", "digits", "--label-classes", "3"], "--label-classes: 3 is not valid; expected null: it is only "
+                                                         "used with --labels random (not none)"),
+        (["--source", "digits", "--mix-rate", "0.5"], "--mix-rate: 0.5 is not valid; expected 0 without a second "
+                                                      "source (--mix)"),
         (["--source", "digits", "--mix", "digits", "--mix-rate", "1.5"], "--mix-rate: 1.5 is not valid"),
         (["--source", "digits", "--mix", "shapes:res=8", "--mix-rate", "0.5"], "--mix: 'shapes:res=8' has 3 channels"),
         (["--source", "digits", "--mix", "digits"], "--mix-rate: 0.0 is not valid"),

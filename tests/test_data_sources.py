@@ -272,7 +272,7 @@ def test_npz_source(tmp_path, rng):
     np.savez(tmp_path / "u.npz", images=imgs, labels=np.full(4, -1))
     assert load_source(f"npz:{tmp_path / 'u.npz'}").labels is None
     np.savez(tmp_path / "obj.npz", images=np.array([None, 1], dtype=object))
-    with pytest.raises(UsageError, match="^--source: .*object arrays"):
+    with pytest.raises(UsageError, match="^data.source: .*object arrays"):
         load_source(f"npz:{tmp_path / 'obj.npz'}")
 
 

@@ -95,13 +95,13 @@ def data16(tmp_path_factory):
 
 def _assert_whole(run):
     """Every file a reader would pick up (no leading dot) is complete and readable."""
-    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, STATE_FORMAT, _read
+    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, STATE_FORMAT, read_tensors
 
     for p in run.rglob("*"):
         if p.name.startswith(".") or p.is_dir():
             continue
         if p.suffix == ".safetensors":
-            _read(p, STATE_FORMAT if p.name == "state.safetensors" else SNAPSHOT_FORMAT, "file")
+            read_tensors(p, STATE_FORMAT if p.name == "state.safetensors" else SNAPSHOT_FORMAT, "file")
         elif p.suffix == ".json":
             json.loads(p.read_text())
 
@@ -243,7 +243,8 @@ def test_second_process_on_the_same_out_is_refused(command, data16, tmp_path, ca
         assert holder.stdout.readline().strip() == "locked"
         if command == "study":
             cfg = tmp_path / "study.json"
-            cfg.write_text(json.dumps({"name": "w", "mode": "ratio", "factors": {}, "base": {"sizes": [64]}}))
+            cfg.write_text(json.dumps({"name": "w", "mode": "ratio", "factors": {},
+                                       "base": {"preset": "digits", "sizes": [64]}}))
             argv = ["study", "--config", str(cfg), "--out", str(out), "--no-report"]
         elif command == "emm":
             argv = ["emm", "--preset", "digits", "--synthetic", "300", "--out", str(out), "--no-report"]
@@ -353,11 +354,11 @@ def test_emm_on_ray_interrupted_then_resumed(tmp_path):
     """The Ray backend interrupted after its first finished job, then rerun: finished jobs are reused and
     the table equals an uninterrupted local plan's."""
     pytest.importorskip("ray")
-    from diffmem.config import EMMConfig
+    from diffmem.config import EMMConfig, TrainConfig
     from diffmem.sweep import LocalBackend, RayBackend, SyntheticCurve, run_emm
 
     curve = SyntheticCurve(emm=200.0, slope=3.0, threshold=0.9, noise=True)
-    cfg = EMMConfig(n_samples=500, size_min=32, size_max=1024, parallel=2, optimal=False)
+    cfg = EMMConfig(n_samples=500, size_min=32, size_max=1024, parallel=2, optimal=False, train=TrainConfig(kimg=4.0))
     whole = run_emm(cfg, tmp_path / "whole", backend=LocalBackend(), synthetic=curve)
     done = []
 

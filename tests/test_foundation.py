@@ -304,8 +304,8 @@ def test_seed_purposes_are_distinct_and_pinned():
 
 
 def test_the_common_refusal_is_written_by_one_helper():
-    """``OPTION: VALUE is not valid; expected …`` comes from errors.bad(), not from hand-written copies (nn/,
-    train/ and config.py keep theirs until their validation moves to whole configs)."""
+    """``OPTION: VALUE is not valid; expected …`` comes from errors.bad(), not from hand-written copies, anywhere in
+    the package."""
     from pathlib import Path
 
     import diffmem
@@ -316,8 +316,6 @@ def test_the_common_refusal_is_written_by_one_helper():
     assert str(bad("sigmas", None, "a 1-D schedule", shown="shape (3, 2)")) == \
         "sigmas: shape (3, 2) is not valid; expected a 1-D schedule"
     root = Path(diffmem.__file__).parent
-    pending = {"nn", "train", "config.py"}
-    copies = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py"))
-              if p.relative_to(root).parts[0] not in pending and p.name != "errors.py"
-              for i, line in enumerate(p.read_text().splitlines(), 1) if "is not valid; expected" in line]
+    copies = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py")) if p.name != "errors.py"
+              for i, line in enumerate(p.read_text().splitlines(), 1) if "is not valid;" in line]
     assert copies == []

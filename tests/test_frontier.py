@@ -163,7 +163,8 @@ def test_frontier_search_resumes_after_a_kill(tmp_path):
 
 def test_plain_search_reports_its_frontier_too(tmp_path):
     curve = SyntheticCurve(emm=300.0, slope=4.0, threshold=T, snapshots_kimg=(1.0, 2.0, 4.0), noise=False)
-    res = run_emm(EMMConfig(n_samples=N, size_min=64, size_max=1024, optimal=False), tmp_path / "e", synthetic=curve)
+    cfg = EMMConfig(n_samples=N, size_min=64, size_max=1024, optimal=False, train=TrainConfig(kimg=4.0))
+    res = run_emm(cfg, tmp_path / "e", synthetic=curve)
     assert [b.kimg for b in res.frontier] == [1.0, 2.0, 4.0]
     assert res.frontier[-1].estimate == res.estimate  # the final budget is the search's own EMM
     d = json.loads((tmp_path / "e" / "emm.json").read_text())

@@ -156,8 +156,11 @@ def test_clear_errors(train):
         measure(train[:3], np.stack([train[0], train[0]]))
     with pytest.raises(UsageError, match=r"--samples: items have shape \(1, 4, 4\) but --train items have \(3, 4, 4\)"):
         measure(train[:3, :1], train)
-    with pytest.raises(UsageError, match="--threshold"):
+    with pytest.raises(UsageError, match=r"^measure.threshold: 0.0 is not valid; expected a number in \(0, 1\]"):
         measure(train[:3], train, MeasureConfig(threshold=0.0))
+    with pytest.raises(UsageError, match=r"^measure.memory_mb: 8 is not valid; expected a working-memory budget of "
+                                         r"at least 16 MiB$"):
+        measure(train[:3], train, MeasureConfig(memory_mb=8))
     with pytest.raises(UsageError, match="both uint8 pixels or both float"):
         measure(train[:3].astype(np.float64), train)
     with pytest.raises(UsageError, match="NaN or inf"):

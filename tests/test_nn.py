@@ -9,7 +9,7 @@ import torch
 
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.errors import UsageError
-from diffmem.nn import build_denoiser, num_skips, vp_sigma, vp_sigma_inv
+from diffmem.nn import build_denoiser, num_skips, validate_model, vp_sigma, vp_sigma_inv
 from diffmem.nn.layers import FourierEmbedding, PositionalEmbedding, Resample
 from diffmem.nn.precond import PRECONDITIONERS
 from diffmem.train.losses import loss_weight, sample_sigma
@@ -144,16 +144,25 @@ def test_disabled_skip_feeds_zeros():
     assert num_skips(cfg) == 4
 
 
-def test_bad_configs_are_refused_with_the_option_named():
-    with pytest.raises(UsageError, match="--skip-mask: 3 flags"):
+def test_bad_configs_are_refused_with_the_config_path_named():
+    """The library names a field by its config path (the command line shows its flag instead), never a flag."""
+    with pytest.raises(UsageError, match=r"^model.skip_mask: 3 flags is not valid; expected 4 flags"):
         build_denoiser(dataclasses.replace(TINY, skip_mask=(True,) * 3))
-    with pytest.raises(UsageError, match="--precond: 'vx'"):
+    with pytest.raises(UsageError, match=r"^model.precond: 'vx' is not valid; expected one of edm, ve, vp$"):
         build_denoiser(dataclasses.replace(TINY, precond="vx"))
-    with pytest.raises(UsageError, match="divisible by 4"):
+    with pytest.raises(UsageError, match=r"^model.channel_mult: \[1, 1, 1\] is not valid; .* 6×6 .* divisible by 4"):
         build_denoiser(dataclasses.replace(TINY, resolution=6, channel_mult=(1, 1, 1)))
+    with pytest.raises(UsageError, match=r"^model.arch: 'adm' is not valid; expected one of ddpmpp, ncsnpp$"):
+        build_denoiser(dataclasses.replace(TINY, arch="adm"))
+    with pytest.raises(UsageError, match=r"^base.model.channels: 6.5 is not valid"):
+        validate_model(dataclasses.replace(TINY, channels=6.5), where="base.model")
+    # before the data is known, the resolution levels are not checked
+    validate_model(dataclasses.replace(TINY, resolution=6, channel_mult=(1, 1, 1)), resolution=False)
     D = build_denoiser(dataclasses.replace(TINY, label_dim=4))
-    with pytest.raises(UsageError, match="labels: None"):
+    with pytest.raises(UsageError, match=r"^labels: None is not valid; expected a LongTensor of shape \(1,\)"):
         D(torch.zeros(1, 1, 8, 8), 1.0)
+    with pytest.raises(UsageError, match=r"^sigma: shape \(2,\) is not valid; expected \(1,\) or a scalar"):
+        D(torch.zeros(1, 1, 8, 8), torch.ones(2), torch.zeros(1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("taps", [(1, 1), (1, 3, 3, 1)])
@@ -195,7 +204,7 @@ def test_arch_defaults_and_overrides():
     net = build_denoiser(nc).backbone
     assert net.map_layer0.in_features == 16 and len(net.aux) == 1
     assert len(build_denoiser(own).backbone.aux) == 0 and build_denoiser(own).backbone.map_layer0.in_features == 24
-    with pytest.raises(UsageError, match="--channel-mult-noise: 0"):
+    with pytest.raises(UsageError, match="^model.channel_mult_noise: 0 is not valid"):
         build_denoiser(dataclasses.replace(TINY, channel_mult_noise=0))
 
 

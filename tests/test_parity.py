@@ -127,12 +127,13 @@ EMA_MODES = {
 @pytest.mark.parametrize("mode", list(EMA_MODES))
 def test_learning_rate_and_ema_decay_per_step_match_the_reference(mode, n):
     from diffmem.train.ema import ema_beta
-    from diffmem.train.schedule import learning_rate, validate_schedules
+    from diffmem.train.schedule import learning_rate
+    from diffmem.train.validate import validate_train
 
     want = _schedules()
     B = int(want["batch"])
     t = TrainConfig(epochs=1.0, batch=B, lr=2e-4, **EMA_MODES[mode])
-    validate_schedules(t, n)
+    validate_train(t, n)
     steps, nimg = want[f"{n}/{mode}/step"], want[f"{n}/{mode}/nimg"]
     assert np.array_equal(nimg, steps * B)  # images counted before each step
     lr = np.array([learning_rate(t, int(k), n) for k in nimg])

@@ -6,13 +6,13 @@ import json
 import pytest
 from PIL import Image
 
-from diffmem.config import EMMConfig, StudyConfig
+from diffmem.config import EMMConfig, StudyConfig, TrainConfig
 from diffmem.errors import UsageError
 from diffmem.report import render_report
 from diffmem.sweep import SyntheticCurve, run_emm
 from diffmem.sweep.study import run_study, value_slug
 
-CFG = EMMConfig(n_samples=1000, size_min=64, size_max=1024, optimal=False)
+CFG = EMMConfig(n_samples=1000, size_min=64, size_max=1024, optimal=False, train=TrainConfig(kimg=4.0))
 
 
 def _png_ok(path):

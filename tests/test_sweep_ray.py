@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffmem.config import EMMConfig
+from diffmem.config import EMMConfig, TrainConfig
 from diffmem.sweep import LocalBackend, RayBackend, SyntheticCurve, run_emm
 
 ray = pytest.importorskip("ray")
@@ -10,7 +10,8 @@ ray = pytest.importorskip("ray")
 
 def test_ray_backend_matches_local(tmp_path):
     curve = SyntheticCurve(emm=200.0, slope=3.0, threshold=0.9, noise=True)
-    cfg = EMMConfig(n_samples=500, size_min=32, size_max=1024, repeats=2, parallel=2, optimal=False)
+    cfg = EMMConfig(n_samples=500, size_min=32, size_max=1024, repeats=2, parallel=2, optimal=False,
+                    train=TrainConfig(kimg=4.0))
     local = run_emm(cfg, tmp_path / "local", backend=LocalBackend(), synthetic=curve)
     backend = RayBackend(num_cpus=2)
     try:

@@ -5,13 +5,14 @@ import json
 
 import pytest
 
-from diffmem.config import EMMConfig
+from diffmem.config import EMMConfig, TrainConfig
 from diffmem.errors import UsageError
 from diffmem.sweep import SyntheticCurve, run_emm
 from diffmem.sweep.table import read_table
 
 CURVE = SyntheticCurve(emm=300.0, slope=4.0, threshold=0.9, snapshots_kimg=(1.0, 2.0, 4.0), noise=False)
-CFG = EMMConfig(n_samples=1000, size_min=64, size_max=1024, optimal=False)
+TRAIN = TrainConfig(kimg=4.0)  # a valid recipe; the synthetic curve stands in for its training
+CFG = EMMConfig(n_samples=1000, size_min=64, size_max=1024, optimal=False, train=TRAIN)
 
 
 def test_emm_on_a_known_curve(tmp_path):
@@ -69,7 +70,7 @@ def test_resume_after_a_kill_redoes_nothing_finished(tmp_path):
 
 def test_a_directory_of_another_config_is_refused(tmp_path):
     run_emm(CFG, tmp_path / "e", synthetic=CURVE)
-    other = EMMConfig(n_samples=500, size_min=64, size_max=1024, optimal=False)
+    other = EMMConfig(n_samples=500, size_min=64, size_max=1024, optimal=False, train=TRAIN)
     with pytest.raises(UsageError, match=r"--out: '.*e' holds an EMM search of a different config \(stage 'emm'\)"):
         run_emm(other, tmp_path / "e", synthetic=CURVE)
     (tmp_path / "x").mkdir()
@@ -81,7 +82,7 @@ def test_a_directory_of_another_config_is_refused(tmp_path):
 
 def test_jobs_are_shared_by_content_across_searches(tmp_path):
     a = run_emm(CFG, tmp_path / "a", jobs_root=tmp_path / "jobs", synthetic=CURVE)
-    narrower = EMMConfig(n_samples=1000, size_min=64, size_max=1024, bracket_factor=1.1, optimal=False)
+    narrower = EMMConfig(n_samples=1000, size_min=64, size_max=1024, bracket_factor=1.1, optimal=False, train=TRAIN)
     b = run_emm(narrower, tmp_path / "b", jobs_root=tmp_path / "jobs", synthetic=CURVE)
     assert b.n_trainings > a.n_trainings
     assert b.n_trained_now == b.n_trainings - a.n_trainings  # every size of the first search is reused
@@ -89,12 +90,12 @@ def test_jobs_are_shared_by_content_across_searches(tmp_path):
 
 
 def test_fixed_sizes_and_refinement_of_straddling_sizes(tmp_path):
-    fixed = EMMConfig(n_samples=1000, sizes=(100, 300, 900), optimal=False)
+    fixed = EMMConfig(n_samples=1000, sizes=(100, 300, 900), optimal=False, train=TRAIN)
     res = run_emm(fixed, tmp_path / "f", synthetic=CURVE)
     assert [p.size for p in res.points] == [100, 300, 900] and res.n_trainings == 3
     assert res.flagged == [300]  # expected ratio exactly 0.9 there: its interval straddles 1 − ε
     noisy = SyntheticCurve(emm=300.0, slope=4.0, threshold=0.9, noise=True)
-    refine = EMMConfig(n_samples=200, size_min=64, size_max=1024, refine_repeats=2, optimal=False)
+    refine = EMMConfig(n_samples=200, size_min=64, size_max=1024, refine_repeats=2, optimal=False, train=TRAIN)
     res = run_emm(refine, tmp_path / "r", synthetic=noisy)
     lo, hi = res.estimate.bracket
     reps = {p.size: len(p.repeats) for p in res.points}
@@ -116,7 +117,7 @@ def test_measure_confidence_sets_every_interval_of_the_search(tmp_path):
 
     from diffmem.config import MeasureConfig
 
-    fixed = EMMConfig(n_samples=1000, sizes=(100, 291, 300, 400, 900), optimal=False)
+    fixed = EMMConfig(n_samples=1000, sizes=(100, 291, 300, 400, 900), optimal=False, train=TRAIN)
     wide, narrow = (run_emm(dataclasses.replace(fixed, measure=MeasureConfig(confidence=c)), tmp_path / str(c),
                             synthetic=CURVE) for c in (0.95, 0.5))
     for res, conf in ((wide, 0.95), (narrow, 0.5)):
@@ -136,3 +137,24 @@ def test_measure_confidence_sets_every_interval_of_the_search(tmp_path):
     # straddling depends on the level: |D| = 291 (910 of 1,000 memorized) straddles 0.9 at 95 %, not at 50 %
     assert round(1000 * CURVE.expected(291, 4.0)) == 910
     assert wide.flagged == [291, 300] and narrow.flagged == [300]
+
+
+def test_what_needs_the_data_is_refused_at_the_start_of_each_job(tmp_path):
+    """A model whose resolution levels do not fit the source's images (known only once the dataset is built) is
+    refused at the start of the job, naming the field by its config path, before the held-out baseline or any
+    training; with data.resolution given, before the search starts."""
+    import dataclasses
+
+    from diffmem.config import emm_preset
+
+    cfg = dataclasses.replace(emm_preset("digits"), sizes=(8,), n_samples=10, heldout=10)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channel_mult=(1, 1, 1, 1, 1)))
+    with pytest.raises(UsageError, match=r"^model.channel_mult: \[1, 1, 1, 1, 1\] is not valid; expected at most as "
+                                         r"many levels as the data's 8×8 images can be halved into \(5 levels need a "
+                                         r"resolution divisible by 16\)$"):
+        run_emm(cfg, tmp_path / "e")
+    (job,) = (tmp_path / "e" / "jobs").iterdir()
+    assert sorted(p.name for p in job.iterdir()) == ["dataset", "manifest.json"]  # no held-out baseline, no run
+    with pytest.raises(UsageError, match=r"^model.channel_mult: .* the data's 4×4 images"):
+        run_emm(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=4)), tmp_path / "f")
+    assert not (tmp_path / "f").exists()

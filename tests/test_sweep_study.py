@@ -12,7 +12,8 @@ from diffmem.sweep import SyntheticCurve
 from diffmem.sweep.study import expand, run_study, value_slug
 from diffmem.sweep.table import read_table
 
-BASE = EMMConfig(n_samples=1000, size_min=32, size_max=1024, optimal=False, train=TrainConfig(batch=128, lr=1e-3))
+BASE = EMMConfig(n_samples=1000, size_min=32, size_max=1024, optimal=False,
+                 train=TrainConfig(kimg=4.0, batch=128, lr=1e-3))
 
 
 def test_expand_products_and_batch_scales_lr():
@@ -179,7 +180,7 @@ def test_the_lr_scaled_with_the_batch_is_shown_wherever_the_config_is(tmp_path, 
     from diffmem.cli import main
 
     d = {"name": "batch", "mode": "ratio", "base": {"sizes": [64], "n_samples": 1000, "optimal": False,
-                                                     "train": {"batch": 64, "lr": 2e-3}},
+                                                     "train": {"kimg": 4.0, "batch": 64, "lr": 2e-3}},
          "factors": {"train.batch": [64, 256]}}
     path = tmp_path / "study.json"
     path.write_text(json.dumps(d))
@@ -215,3 +216,49 @@ def test_a_study_directory_resumes_only_its_own_study(tmp_path):
     with pytest.raises(UsageError, match=r"expected a new directory, or a study directory to resume \(it holds 1 "
                                          r"entry: notes.txt\)"):
         run_study(cfg, tmp_path / "x", synthetic=curves)
+
+
+def test_a_partial_training_config_reads_the_same_wherever_it_is_written():
+    """A duration, warm-up or EMA half-life given in one unit clears the other, and an EMA mode clears the fields it
+    does not use, in a preset override in JSON, over the defaults, and in a study's factor values, as on the command
+    line (config.implied_train_fields); a field given explicitly is kept."""
+    from diffmem.config import emm_preset
+    from diffmem.sweep.emm import validate_emm
+
+    c = from_dict(EMMConfig, {"preset": "digits", "train": {"warmup_epochs": 100, "ema_mode": "compensated"}})
+    digits = emm_preset("digits").train
+    assert (digits.warmup_kimg, digits.ema_decay) == (12.8, 0.99)  # what the override replaces
+    assert (c.train.warmup_kimg, c.train.warmup_epochs) == (None, 100.0)
+    assert (c.train.ema_mode, c.train.ema_decay, c.train.ema_halflife_epochs) == ("compensated", None, 10.0)
+    validate_emm(c)
+    c = from_dict(EMMConfig, {"train": {"kimg": 5, "warmup_kimg": 1}})  # over the defaults' 200-epoch warm-up
+    assert (c.train.warmup_kimg, c.train.warmup_epochs) == (1.0, None)
+    validate_emm(c)
+    c = from_dict(EMMConfig, {"preset": "digits", "train": {"epochs": 10, "kimg": 5}})  # both given: kept, refused
+    with pytest.raises(UsageError, match=r"^train.kimg: 5.0 is not valid; expected exactly one of"):
+        validate_emm(c)
+    study = from_dict(StudyConfig, {
+        "mode": "ratio", "base": {"preset": "digits", "sizes": [32], "train": {"warmup_epochs": 200}},
+        "factors": {"train.warmup_kimg": [6.4], "train.epochs": [50], "train.ema_mode": ["halflife"]}})
+    assert (study.base.train.warmup_kimg, study.base.train.warmup_epochs) == (None, 200.0)
+    ((_, c),) = expand(study)
+    t = c.train
+    assert (t.warmup_kimg, t.warmup_epochs, t.kimg, t.epochs) == (6.4, None, None, 50.0)
+    assert (t.ema_mode, t.ema_decay, t.ema_halflife_kimg, t.ema_halflife_epochs) == ("halflife", None, None, 10.0)
+    validate_emm(c)
+    grouped = from_dict(StudyConfig, {"mode": "ratio", "base": {"preset": "digits", "sizes": [32]}, "factors": {
+        "ema": [{"train.ema_mode": "halflife", "train.ema_halflife_kimg": 2.0}]}})
+    ((_, c),) = expand(grouped)
+    assert (c.train.ema_decay, c.train.ema_halflife_kimg, c.train.ema_halflife_epochs) == (None, 2.0, None)
+
+
+def test_a_study_validates_every_value_before_anything_is_written(tmp_path):
+    from diffmem.sweep.study import validate_study
+
+    cfg = StudyConfig(base=BASE, factors={"model.channels": (16, 6, 3)}, name="w")
+    with pytest.raises(UsageError, match=r"^value model.channels=3: model.channels: 3 is not valid; expected an "
+                                         r"even number ≥ 4$"):
+        validate_study(cfg)
+    with pytest.raises(UsageError, match=r"^value model.channels=3: model.channels: 3"):
+        run_study(cfg, tmp_path / "st", synthetic={})
+    assert not (tmp_path / "st").exists()

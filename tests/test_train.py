@@ -141,10 +141,11 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
 
 
 def test_snapshot_of_an_earlier_network_layout_is_refused(tmp_path):
-    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, _write
+    from diffmem.train.checkpoints import SNAPSHOT_FORMAT, write_tensors
 
     cfg = dataclasses.replace(MODEL, resolution=8, in_channels=1)
-    _write(tmp_path / "old.safetensors", build_denoiser(cfg).state_dict(), {"format": SNAPSHOT_FORMAT, "config": cfg})
+    write_tensors(tmp_path / "old.safetensors", build_denoiser(cfg).state_dict(),
+                  {"format": SNAPSHOT_FORMAT, "config": cfg})
     with pytest.raises(UsageError, match="network layout 1 is not valid; expected layout 2"):
         load_denoiser(tmp_path / "old.safetensors")
 
@@ -263,21 +264,92 @@ def test_labels_from_the_data(tmp_path):
 
 
 def test_bad_training_options_are_refused(data16, tmp_path):
-    with pytest.raises(UsageError, match="--kimg/--epochs"):
-        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, epochs=3.0))
-    with pytest.raises(UsageError, match="--batch-per-device: 3"):
-        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, batch_per_device=3))
-    with pytest.raises(UsageError, match=r"train.warmup_kimg / warmup_epochs: 0.0, 200.0; expected exactly one"):
-        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, warmup_epochs=200.0))
-    with pytest.raises(UsageError, match=r"train.ema_halflife_kimg / ema_halflife_epochs: None, None; expected "
-                                         r"exactly one of them for ema_mode halflife"):
-        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, ema_mode="halflife", ema_decay=None))
-    with pytest.raises(UsageError, match=r"train.seed \(--seed\): -1 is not valid; expected an integer in \[0, 2³²\)"):
-        train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, seed=-1, data_order="fixed"))
+    """train() refuses a config that cannot run before anything is written, naming the field by its config path."""
+    cases = [
+        (dict(epochs=3.0), r"^train.kimg: 0.048 is not valid; expected exactly one of train.kimg and train.epochs "
+                           r"\(the other null\); train.epochs is 3.0$"),
+        (dict(batch_per_device=3), r"^train.batch_per_device: 3 is not valid; expected a divisor of the 8 images"),
+        (dict(warmup_epochs=200.0), r"^train.warmup_kimg: 0.0 is not valid; expected exactly one of train.warmup_kimg "
+                                    r"and train.warmup_epochs \(the other null\); train.warmup_epochs is 200.0$"),
+        (dict(ema_mode="halflife", ema_decay=None), r"^train.ema_halflife_kimg: None is not valid; expected exactly "
+                                                    r"one of train.ema_halflife_kimg and train.ema_halflife_epochs for "
+                                                    r"train.ema_mode halflife"),
+        (dict(seed=-1, data_order="fixed"), r"^train.seed: -1 is not valid; expected an integer in \[0, 2³²\) for "
+                                            r"train.data_order fixed$"),
+        (dict(seed=-1, data_order="reshuffle"), r"^train.seed: -1 is not valid; expected an integer ≥ 0$"),
+        (dict(precision="fp16"), r"^train.precision: 'fp16' is not valid; expected fp32 or bf16$"),
+        (dict(grad_clip=0.0), r"^train.grad_clip: 0.0 is not valid"),
+        (dict(eps=-1.0), r"^train.eps: -1.0 is not valid"),
+        (dict(device="tpu"), r"^train.device: 'tpu' is not valid; expected auto, cpu, cuda or cuda:N$"),
+    ]
+    for change, message in cases:
+        with pytest.raises(UsageError, match=message):
+            train(data16, tmp_path / "r", MODEL, dataclasses.replace(TRAIN, **change))
+    with pytest.raises(UsageError, match=r"^model.channels: 3 is not valid; expected an even number ≥ 4$"):
+        train(data16, tmp_path / "r", dataclasses.replace(MODEL, channels=3), TRAIN)
+    with pytest.raises(UsageError, match=r"^model.channel_mult: \[1, 2, 2, 2, 2\] is not valid; expected at most as "
+                                         r"many levels as the data.s 8×8 images can be halved into"):
+        train(data16, tmp_path / "r", dataclasses.replace(MODEL, channel_mult=(1, 2, 2, 2, 2)), TRAIN)
+    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+
+
+def test_the_run_directory_is_checked_by_the_shared_rule(data16, tmp_path):
+    """A run directory is new, empty or this run's own; anything else is refused in one line before any work (a
+    path below a regular file cannot be created: exit 1; a file, or a directory of something else: exit 2)."""
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
-    with pytest.raises(UsageError, match="not a diffmem run"):
+    with pytest.raises(UsageError, match=r"^run: '.*other' is not valid; expected a new directory, or a training run "
+                                         r"directory to resume \(it holds 1 entry: x.txt\)$"):
         train(data16, tmp_path / "other", MODEL, TRAIN)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match=r"^run: '.*f' is not valid; expected .* \(it is a file\)$"):
+        train(data16, tmp_path / "f", MODEL, TRAIN)
+    with pytest.raises(RunError, match=r"^run: cannot create '.*f/run': '.*f' is a file, not a directory$"):
+        train(data16, tmp_path / "f" / "run", MODEL, TRAIN)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"stage": "dataset", "status": "complete"}))
+    with pytest.raises(UsageError, match=r"^run: '.*data' holds a training run of a different config \(stage "
+                                         r"'dataset'\)"):
+        train(data16, tmp_path / "data", MODEL, TRAIN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f", "other"]
+
+
+def test_train_locks_the_run_directory_and_removes_stale_temporaries(data16, tmp_path, monkeypatch):
+    """The library's train() (not only the command line) holds the run directory's lock while it trains, so a
+    second trainer of the same directory is refused, and removes what a killed run was writing there."""
+    import fcntl
+    import os
+
+    from diffmem.train import loop
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / ".state.safetensors.0123456789ab.tmp"
+    stale.write_bytes(b"half a state")
+    seen = {}
+
+    def spy(*args, **kwargs):  # in place of the training itself: is the lock held, is the temporary gone?
+        fd = os.open(run / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen["locked"] = False
+        except BlockingIOError:
+            seen["locked"] = True
+        finally:
+            os.close(fd)
+        seen["stale"] = stale.exists()
+        with pytest.raises(UsageError, match=r"^run: '.*run' is in use by another diffmem process \(pid "):
+            train(data16, run, MODEL, TRAIN)  # a second trainer of the same directory, while the first holds it
+        return run
+
+    monkeypatch.setattr(loop, "_train_locked", spy)
+    assert train(data16, run, MODEL, TRAIN) == run
+    assert seen == {"locked": True, "stale": False}
+    # a directory made only for the lock is removed again when the run fails before writing anything into it
+    monkeypatch.setattr(loop, "_train_locked", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        train(data16, tmp_path / "new", MODEL, TRAIN)
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow

@@ -62,30 +62,39 @@ def test_train_json_then_rerun_reuses(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--skip-mask", "1,2", "--skip-mask: '1,2' is not valid"),
-    ("--skip-mask", "1,1", "--skip-mask: 2 flags given; this model has 4 skips"),
+    ("--skip-mask", "1,1", "--skip-mask: 2 flags is not valid; expected 4 flags, one per skip of this model"),
     ("--precond", "ddim", "--precond: 'ddim' is not valid; expected one of edm, ve, vp"),
-    ("--batch-per-device", "3", "--batch-per-device: 3 is not valid"),
+    ("--batch-per-device", "3", "--batch-per-device: 3 is not valid; expected a divisor of the 8 images per process "
+                                "(--batch 8 / 1 processes)"),
     ("--preset", "huge", "--preset: 'huge' is not a preset"),
-    ("--ema-mode", "mode2", "train.ema_mode (--ema-mode): 'mode2' is not valid; expected one of constant, halflife"),
-    ("--loss-norm", "avg", "train.loss_norm (--loss-norm): 'avg' is not valid; expected sum"),
-    ("--data-order", "window", "train.data_order (--data-order): 'window' is not valid; expected fixed"),
+    ("--ema-mode", "mode2", "error: --ema-mode: 'mode2' is not valid; expected one of constant, halflife"),
+    ("--loss-norm", "avg", "error: --loss-norm: 'avg' is not valid; expected sum"),
+    ("--data-order", "window", "error: --data-order: 'window' is not valid; expected fixed"),
     ("--ema-rampup-ratio", "fast", "--ema-rampup-ratio: 'fast' is not valid; expected a number or 'none'"),
-    ("--warmup-epochs", "-1", "train.warmup_epochs (--warmup-epochs): -1.0 is not valid"),
-    ("--weight-decay", "nan", "train.weight_decay (--weight-decay): nan is not valid"),
+    ("--warmup-epochs", "-1", "error: --warmup-epochs: -1.0 is not valid"),
+    ("--weight-decay", "nan", "error: --weight-decay: nan is not valid"),
+    ("--channel-mult", "1,1,1,1,1", "error: --channel-mult: [1, 1, 1, 1, 1] is not valid; expected at most as "
+                                    "many levels as the data's 8×8 images can be halved into (5 levels need a "
+                                    "resolution divisible by 16)"),
+    ("--betas", "0.9,1.5", "error: --betas: [0.9, 1.5] is not valid; expected Adam's two betas, each in [0, 1)"),
+    ("--device", "tpu", "error: --device: 'tpu' is not valid; expected auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_flags_are_one_line_usage_errors(data, tmp_path, capsys, flag, value, message):
+    """The library names a field by its config path; diffmem train shows the flag that set it, in the whole line."""
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, flag, value, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert "train." not in err and "model." not in err, err  # no config path left untranslated
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--ema-mode", "compensated", "--ema-decay", "0.9"],
-     "train.ema_decay (--ema-decay): 0.9 is not valid; expected null: ema_mode compensated does not use it"),
+     "--ema-decay: 0.9 is not valid; expected null: --ema-mode compensated does not use it (set --ema-mode to "
+     "constant or final)"),
     (["--ema-halflife-epochs", "10"],  # the digits preset's EMA is constant
-     "train.ema_halflife_epochs (--ema-halflife-epochs): 10.0 is not valid; expected null: ema_mode constant"),
-    (["--ema-mode", "final", "--ema-decay", "1"], "train.ema_decay (--ema-decay): 1.0 is not valid; expected a "
-                                                  "decay in [0, 1) for ema_mode final"),
+     "--ema-halflife-epochs: 10.0 is not valid; expected null: --ema-mode constant does not use a half-life"),
+    (["--ema-mode", "final", "--ema-decay", "1"], "--ema-decay: 1.0 is not valid; expected a decay in [0, 1) for "
+                                                  "--ema-mode final"),
     (["--ema-mode", "final", "--ema-decay", "0.99999", "--ema-halflife-kimg", "1000"],
      "expected a final decay that keeps β < 1"),
 ])
@@ -93,6 +102,52 @@ def test_ema_options_a_mode_does_not_use_are_refused(data, tmp_path, capsys, fla
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, *flags, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_same_bad_value_names_the_flag_or_the_config_path(data, tmp_path, capsys):
+    """One rule, two vocabularies: through diffmem train the refusal names --ema-mode; through a study JSON (a
+    command without that flag) it names train.ema_mode, the value it came from and the JSON file, and nothing is
+    written."""
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), *TINY, "--ema-mode", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("diffmem train: error: --ema-mode: 'x' is not valid; expected one of constant, halflife, "
+                   "compensated, final\n")
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"name": "s", "mode": "ratio", "factors": {"train.ema_mode": ["constant", "x"]},
+                                 "base": {"preset": "digits", "sizes": [32]}}))
+    assert main(["study", "--config", str(study), "--out", str(tmp_path / "st"), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"diffmem study: error: {study}: value train.ema_mode=x: train.ema_mode: 'x' is not valid; "
+                   "expected one of constant, halflife, compensated, final\n")
+    emm = tmp_path / "emm.json"
+    emm.write_text(json.dumps({"preset": "digits", "train": {"ema_mode": "x"}}))
+    assert main(["emm", "--config", str(emm), "--out", str(tmp_path / "e"), "--no-report"]) == 2
+    assert f"diffmem emm: error: {emm}: train.ema_mode: 'x' is not valid" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "st").exists() and not (tmp_path / "e").exists()
+
+
+def test_the_flag_table_names_options_the_commands_have():
+    """Every row of the one table from config paths to flags is an option of its command, and every model and
+    training option of diffmem train has a row (so each refusal can be shown as the flag that set the field)."""
+    import argparse
+
+    from diffmem.cli import build_parser
+    from diffmem.cli.flags import FLAGS, to_flags
+    from diffmem.config import ModelConfig, TrainConfig
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for command, names in FLAGS.items():
+        options = {o for a in sub.choices[command]._actions for o in a.option_strings}
+        assert set(names.values()) <= options, (command, set(names.values()) - options)
+    fields = {f"model.{f}" for f in ModelConfig.__dataclass_fields__} | \
+        {f"train.{f}" for f in TrainConfig.__dataclass_fields__}
+    assert {n for n in FLAGS["train"] if "." in n} <= fields
+    # the fields diffmem train sets from the data, or has no flag for, keep their config path
+    assert to_flags("model.resolution: 6 … train.eps is 0", "train") == "model.resolution: 6 … train.eps is 0"
+    assert to_flags("train.lr: -1.0 is not valid; expected … (train.batch 8)", "train") == \
+        "--lr: -1.0 is not valid; expected … (--batch 8)"
+    assert to_flags("train.lr: -1.0 is not valid", "study") == "train.lr: -1.0 is not valid"
+    assert to_flags("run: 'x/train.npz' is a file", "train") == "--out: 'x/train.npz' is a file"
 
 
 def test_the_paper_preset_resolves_to_the_reference_schedules(data, tmp_path, capsys):

@@ -35,6 +35,7 @@ from diffmem import __version__
 from diffmem.errors import RunError, UsageError, bad
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"  # the file dir_lock holds a directory's lock on
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -188,18 +189,34 @@ def check_new_dir(out: str | os.PathLike, option: str = "--out", *, keep: tuple[
     return out
 
 
-def check_resumable(out: str | os.PathLike, ident: Any, what: str, *, keep: tuple[str, ...] = (),
+def check_resumable(out: str | os.PathLike, identity: str, what: str, *, key: str = "config_hash",
+                    stage: str | None = None, config: Any = None, keep: tuple[str, ...] = (),
                     option: str = "--out") -> dict[str, Any] | None:
-    """``out`` for a resumable stage whose identity is ``ident``: a directory holding that stage's own work
-    (its manifest, returned), or a new or empty one (:func:`check_new_dir`, entries in ``keep`` aside). A
-    manifest of anything else is refused in one line that names ``what`` the stage is ("an EMM search")."""
+    """``out`` for a resumable stage: a directory holding that stage's own work (the manifest whose ``key`` is
+    ``identity``, returned), or a new or empty one (:func:`check_new_dir`, entries in ``keep`` aside). Anything
+    else is refused in one line that names ``what`` the stage is ("an EMM search") and how the work there differs:
+    the first field in which its config differs from ``config`` when it is the same ``stage``, else its stage."""
     m = read_manifest(out)
-    if m is not None and m.get("config_hash") != config_hash(ident):
-        raise UsageError(f"{option}: {os.fspath(out)!r} holds {what} of a different config (stage "
-                         f"{m.get('stage')!r}); choose a new directory or rerun with the same config to resume")
+    if m is not None and m.get(key) != identity:
+        old = m.get("config")
+        same_stage = stage is not None and m.get("stage") == stage
+        detail = (first_difference(old, to_jsonable(config)) if same_stage and config is not None
+                  else f"stage {m.get('stage')!r}")
+        raise UsageError(f"{option}: {os.fspath(out)!r} holds {what} of a different config ({detail}); "
+                         "choose a new directory or rerun with the same config to resume")
     if m is None:
         check_new_dir(out, option, keep=keep, expected=f"a new directory, or {what} directory to resume")
     return m
+
+
+def first_difference(old: Any, new: Any, where: str = "") -> str:
+    """The first field (in key order, by its dotted path) in which two JSON configs differ, as
+    ``train.lr: 0.002 there vs 0.001 now``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return first_difference(old.get(k), new.get(k), f"{where}.{k}" if where else k)
+    return f"{where or 'config'}: {json.dumps(old)} there vs {json.dumps(new)} now"
 
 
 def check_new_file(path: str | os.PathLike, option: str = "--out", expected: str = "a file name") -> Path:
@@ -236,20 +253,25 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file or directory name is one of an atomic write's temporaries (``.<name>.<random>.tmp…``)."""
+    return name.startswith(".") and ".tmp" in name
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> int:
     """Remove the temporaries (``.<name>.<random>.tmp…``) that killed atomic writes left below ``directory``;
     returns how many. Call it only while holding ``dir_lock(directory)``: a live writer's look the same."""
     removed = 0
     for root, dirs, files in os.walk(directory, followlinks=False):
         for name in [*files, *dirs]:
-            if name.startswith(".") and ".tmp" in name:
+            if is_temporary(name):
                 p = Path(root) / name
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
                 removed += 1
-        dirs[:] = [d for d in dirs if not (d.startswith(".") and ".tmp" in d)]
+        dirs[:] = [d for d in dirs if not is_temporary(d)]
     return removed
 
 
@@ -302,7 +324,7 @@ def dir_lock(directory: str | os.PathLike, option: str = "--out") -> Iterator[No
     """Hold an exclusive lock on ``directory`` for as long as the block runs.
 
     A second process that asks for the same directory is refused at once with a clear message
-    rather than both writing into it. The lock is an advisory ``flock`` on ``directory/.lock``;
+    rather than both writing into it. The lock is an advisory ``flock`` on ``directory/.lock`` (:data:`LOCK_FILE`);
     the kernel drops it when the holder exits, so a killed process never leaves a stale lock.
     """
     import fcntl
@@ -310,7 +332,7 @@ def dir_lock(directory: str | os.PathLike, option: str = "--out") -> Iterator[No
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise RunError(f"{option}: cannot use {str(directory)!r}: {e.strerror or e}") from e
     try:

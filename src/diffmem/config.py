@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from diffmem.errors import UsageError
+from diffmem.artefacts import to_jsonable
+from diffmem.errors import UsageError, bad
 
 T = TypeVar("T")
 
@@ -226,33 +227,33 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UsageError(f"{where}: {value!r} is not valid; expected a list")
+            raise bad(where, value, "a list")
         args = typing.get_args(tp)
         elem = args[0] if args else Any
         return tuple(_convert(v, elem, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise UsageError(f"{where}: {value!r} is not valid; expected an object")
+            raise bad(where, value, "an object")
         return {str(k): _tuples(v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise UsageError(f"{where}: {value!r} is not valid; expected true or false")
+            raise bad(where, value, "true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise UsageError(f"{where}: {value!r} is not valid; expected an integer")
+            raise bad(where, value, "an integer")
         return value
     if tp is float:
         if value in ("inf", "-inf"):
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"{where}: {value!r} is not valid; expected a number")
+            raise bad(where, value, "a number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UsageError(f"{where}: {value!r} is not valid; expected a string")
+            raise bad(where, value, "a string")
         return value
     return value
 
@@ -262,7 +263,7 @@ def from_dict(cls: type[T], d: Any, where: str = "config") -> T:
     if isinstance(d, cls):
         return d
     if not isinstance(d, dict):
-        raise UsageError(f"{where}: {d!r} is not valid; expected an object")
+        raise bad(where, d, "an object")
     if cls is EMMConfig and "preset" in d:
         d = _over_preset(d, where)
     hints = typing.get_type_hints(cls)
@@ -271,11 +272,14 @@ def from_dict(cls: type[T], d: Any, where: str = "config") -> T:
     if unknown:
         raise UsageError(f"{where}: unknown key {unknown[0]!r}; expected one of {sorted(names)}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+    if cls is TrainConfig:  # a partial training config reads over the defaults as a preset override does
+        kwargs = implied_train_fields(TrainConfig(), kwargs)
     return cls(**kwargs)
 
 
 def _over_preset(d: dict[str, Any], where: str) -> dict[str, Any]:
-    """An EMM config dict ``{"preset": name, …}``: the preset's fields with the other keys merged over them."""
+    """An EMM config dict ``{"preset": name, …}``: the preset's fields with the other keys merged over them (the
+    training fields as :func:`implied_train_fields` reads them over the preset's)."""
     name = d["preset"]
     if not isinstance(name, str) or name not in EMM_PRESETS:
         raise UsageError(f"{where}.preset: {name!r} is not an EMM preset; expected one of {sorted(EMM_PRESETS)}")
@@ -286,12 +290,14 @@ def _over_preset(d: dict[str, Any], where: str) -> dict[str, Any]:
             out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
         return out
 
-    return merge(to_dict(EMM_PRESETS[name]), {k: v for k, v in d.items() if k != "preset"})
+    over = {k: v for k, v in d.items() if k != "preset"}
+    if isinstance(over.get("train"), dict):  # a training field given clears the preset's fields it replaces
+        over["train"] = implied_train_fields(EMM_PRESETS[name].train, over["train"])
+    return merge(to_dict(EMM_PRESETS[name]), over)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    from diffmem.artefacts import to_jsonable
-
+    """A config as plain JSON values (tuples as lists)."""
     return to_jsonable(cfg)
 
 
@@ -305,6 +311,33 @@ def replace_path(cfg: T, dotted: str, value: Any) -> T:
         return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})  # type: ignore
     hints = typing.get_type_hints(type(cfg))
     return dataclasses.replace(cfg, **{head: _convert(value, hints[head], dotted)})  # type: ignore
+
+
+def replace_fields(cfg: T, fields: dict[str, Any]) -> T:
+    """``cfg`` with the field at each dotted path of ``fields`` set (type-checked, :func:`replace_path`), and the
+    training fields they make meaningless cleared as a preset override clears them (:func:`implied_train_fields`)
+    unless ``fields`` sets them too: how a study's factor value changes its base."""
+    fields = dict(fields)
+    given: dict[str, dict[str, Any]] = {}  # path of a TrainConfig in cfg → its fields that are set
+    for path, value in list(fields.items()):
+        parent, _, name = path.rpartition(".")
+        if parent and isinstance(_at(cfg, parent), TrainConfig):
+            given.setdefault(parent, {})[name] = value
+    for parent, train_fields in given.items():
+        for name, value in implied_train_fields(_at(cfg, parent), train_fields).items():
+            fields.setdefault(f"{parent}.{name}", value)
+    for path, value in fields.items():
+        cfg = replace_path(cfg, path, value)
+    return cfg
+
+
+def _at(cfg: Any, dotted: str) -> Any:
+    """The value at a dotted path of ``cfg``, or None where the path does not exist."""
+    for name in dotted.split("."):
+        if not dataclasses.is_dataclass(cfg) or name not in {f.name for f in dataclasses.fields(cfg)}:
+            return None
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 def load_json_config(cls: type[T], path: str | Path) -> T:
@@ -396,7 +429,7 @@ EMM_PRESETS: dict[str, EMMConfig] = {
     # (192 kimg), a snapshot every 1,000 steps; 1,000 samples per measurement (not the reference 10,000).
     "digits": EMMConfig(
         data=DataConfig(source="digits"),
-        model=dataclasses.replace(MODEL_PRESETS["digits"], channels=16),
+        model=MODEL_PRESETS["digits"],
         train=TRAIN_PRESETS["digits"],
         n_samples=1_000, size_min=32, size_max=1024, grid_factor=2.0, bracket_factor=1.25, measure_ends=True,
     ),

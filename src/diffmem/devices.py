@@ -11,16 +11,25 @@ import torch
 from diffmem.errors import UsageError, bad
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
+def check_device_name(name: str, option: str = "device") -> None:
+    """Refuse a device that is not written as ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has it
+    is :func:`resolve_device`'s question: a sweep's jobs may run on other machines)."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise bad(option, name, "auto, cpu, cuda or cuda:N") from e
+
+
+def resolve_device(name: str = "auto", option: str = "device") -> torch.device:
+    """``auto`` → the first CUDA device when there is one, else the CPU; ``option`` is what an error calls ``name``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise bad("--device", name, "auto, cpu, cuda or cuda:N") from e
+    check_device_name(name, option)
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device: {name!r} is not available on this machine; expected auto or cpu")
+        raise UsageError(f"{option}: {name!r} is not available on this machine; expected auto or cpu")
     return dev
 
 

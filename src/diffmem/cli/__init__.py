@@ -5,7 +5,8 @@ Each command lives in its own module of this package and provides ``HELP`` (one 
 on several commands (``--json``, ``--no-progress``, ``--threads``, ``--debug``) come from the helpers
 in :mod:`diffmem.cli.common`.
 Errors: one line on stderr, exit code 2 for bad usage or input, 1 for a failure while running,
-no traceback unless ``--debug``.
+no traceback unless ``--debug``; the library's config paths in it read as the command's flags
+(:mod:`diffmem.cli.flags`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import traceback
 
 from diffmem import __version__
 from diffmem.cli.common import add_debug_argument, apply_threads
+from diffmem.cli.flags import to_flags
 from diffmem.errors import DiffmemError, one_line, reason
 
 COMMANDS = ("data", "train", "sample", "measure", "emm", "study", "report")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except DiffmemError as e:
         if debug:
             traceback.print_exc()
-        print(f"diffmem {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"diffmem {args.command}: error: {to_flags(one_line(e), args.command)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"diffmem {args.command}: interrupted", file=sys.stderr)

@@ -9,18 +9,22 @@ wherever it appears:
 - ``--threads N``: the CPU threads of this process's numerical work, set by :func:`apply_threads` before the
   command runs;
 - ``--dry-run``: print what would run (the resolved config; for a sweep, also its trainings) and stop.
+
+Also here: printing the one JSON object, parsing fractions, and naming the config file a refusal came from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
 from diffmem.artefacts import to_jsonable
-from diffmem.errors import bad
+from diffmem.errors import UsageError, bad
 
 DEBUG_HELP = "show tracebacks and debug logging"
 JSON_HELP = "print the result as one JSON object on stdout and nothing else there"
@@ -82,3 +86,15 @@ def parse_fraction(text: str, option: str) -> float:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError) as e:
         raise bad(option, text, "a number such as 1/3 or 0.5") from e
+
+
+@contextlib.contextmanager
+def from_config_file(path: str | None) -> Iterator[None]:
+    """Refusals raised in the block name the config file the config came from first (``FILE: train.ema_mode: …``);
+    nothing changes when there is none (``path`` None: a preset)."""
+    try:
+        yield
+    except UsageError as e:
+        if path is None:
+            raise
+        raise UsageError(f"{path}: {e}") from e

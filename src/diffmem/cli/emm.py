@@ -15,6 +15,7 @@ from diffmem.cli.common import (
     add_json_argument,
     add_progress_argument,
     add_threads_argument,
+    from_config_file,
     print_json,
     show_progress,
 )
@@ -24,7 +25,7 @@ from diffmem.fmt import pct, size
 from diffmem.report import render_report
 from diffmem.sweep import make_backend, run_emm
 from diffmem.sweep.backends import BACKENDS
-from diffmem.sweep.emm import max_trainings, validate
+from diffmem.sweep.emm import max_trainings, validate_emm
 from diffmem.sweep.frontier import frontier_budgets, frontier_table, max_budget_searches
 from diffmem.sweep.law import law_lines
 from diffmem.sweep.search import grid_measurements
@@ -168,7 +169,8 @@ def _baseline(cfg) -> tuple[int, float]:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     out = Path(args.out)
-    validate(cfg)
+    with from_config_file(args.config):
+        validate_emm(cfg)
     if args.dry_run:
         bound = max_trainings(cfg)
         plan = {"config": to_jsonable(cfg), "max_trainings": bound, "out": str(out)}

@@ -79,7 +79,8 @@ def measure_in_space(args: argparse.Namespace, space, cfg: MeasureConfig, load: 
         from diffmem.measure.encoder import OnnxEncoder, load_preprocess, parse_preprocess_flags
 
         pre = load_preprocess(space.model, parse_preprocess_flags(args.preprocess))
-        encoder = OnnxEncoder(space.model, pre, device=str(resolve_device(cfg.device)))  # refuses a bad model now
+        device = resolve_device(cfg.device, "measure.device")
+        encoder = OnnxEncoder(space.model, pre, device=str(device))  # refuses a bad model now
         describe = encoder.describe()
         samples, train = load(args.samples, "--samples"), load(args.train, "--train")
         if encoder.size is None and samples.shape[1:] != train.shape[1:]:

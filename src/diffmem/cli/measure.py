@@ -73,22 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> MeasureConfig:
     from diffmem.devices import resolve_device  # the measurement's modules import torch: only when measuring
-    from diffmem.measure.heldout import check_copying_config
+    from diffmem.measure import validate_measure
 
     tau = parse_fraction(args.tau, "--tau") if args.tau is not None else None
     cfg = dataclasses.replace(MeasureConfig(), threshold=parse_fraction(args.threshold, "--threshold"),
                               device=args.device, backend=args.backend, memory_mb=args.memory_mb,
                               candidates=args.candidates, confidence=args.confidence, copying_cells=args.cells,
                               copying_tau=tau, copying_seed=args.cells_seed)
-    if cfg.memory_mb < 16:
-        raise UsageError(f"--memory-mb: {cfg.memory_mb} is too small; expected at least 16")
-    check_copying_config(cfg)
+    validate_measure(cfg)
     if args.heldout is None:
         for flag, value, default in (("--cells", args.cells, 0), ("--tau", args.tau, None),
                                      ("--cells-seed", args.cells_seed, 0)):
             if value != default:
                 raise UsageError(f"{flag}: {value} applies to the data-copying test; add --heldout PATH")
-    resolve_device(cfg.device)  # refuse an unavailable device before loading anything
+    resolve_device(cfg.device, "measure.device")  # refuse an unavailable device before loading anything
     return cfg
 
 

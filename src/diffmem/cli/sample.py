@@ -38,12 +38,6 @@ EXAMPLES = """\
   diffmem sample --diffusers my-ddpm/ --scheduler ddim --steps 50 --n 1000 --out gen/ddpm.npz
 """
 
-# SampleConfig field → the option that sets it (for error messages)
-OPTION_NAMES = {"solver": "--solver", "steps": "--steps", "sigma_min": "--sigma-min", "sigma_max": "--sigma-max",
-                "rho": "--rho", "S_churn": "--churn", "S_min": "--s-min", "S_max": "--s-max",
-                "S_noise": "--s-noise", "batch": "--batch"}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SampleConfig()
     src = parser.add_mutually_exclusive_group(required=True)
@@ -89,13 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> SampleConfig:
-    from diffmem.sample import check_sample_config  # the sampler imports torch: only when sampling
+    from diffmem.sample import validate_sample  # the sampler imports torch: only when sampling
 
     steps = SampleConfig().steps if args.steps is None or args.diffusers is not None else args.steps
     cfg = SampleConfig(solver=args.solver, steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                        rho=args.rho, S_churn=args.churn, S_min=args.s_min, S_max=args.s_max, S_noise=args.s_noise,
                        batch=args.batch, device=args.device)
-    check_sample_config(cfg, OPTION_NAMES)
+    validate_sample(cfg)
     return cfg
 
 
@@ -108,7 +102,7 @@ def _optimal(args: argparse.Namespace, cfg: SampleConfig):
     train_set, label_classes = load_dataset(args.optimal)
     if args.unconditional:
         label_classes = 0
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "sample.device")
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     denoiser, classes = dataset_optimum(train_set, label_classes, dtype=dtype, device=device)
     kind = f"{label_classes} classes" if label_classes else "unconditional"
@@ -120,7 +114,7 @@ def _trained(args: argparse.Namespace, cfg: SampleConfig):
     from diffmem.devices import resolve_device  # torch: only when sampling
     from diffmem.train.checkpoints import load_denoiser
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "sample.device")
     denoiser, model_cfg = load_denoiser(args.run, snapshot_kimg=args.snapshot, device=str(device))
     denoiser.eval()
     which = "final weights" if args.snapshot is None else f"snapshot nearest {args.snapshot:g} kimg"

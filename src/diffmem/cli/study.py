@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from diffmem.artefacts import to_jsonable
-from diffmem.cli.common import add_dry_run_argument, print_json, show_progress
+from diffmem.cli.common import add_dry_run_argument, from_config_file, print_json, show_progress
 from diffmem.cli.emm import add_run_arguments, run_sweep
 from diffmem.config import StudyConfig, load_json_config
 from diffmem.fmt import pct, size
 from diffmem.sweep.emm import max_trainings
-from diffmem.sweep.study import derived_fields, derived_text, expand, run_study, value_label
+from diffmem.sweep.study import derived_fields, derived_text, run_study, validate_study, value_label
 
 HELP = "EMM (or the ratio at fixed sizes) across the values of one or more factors"
 EXAMPLES = """\
@@ -34,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_json_config(StudyConfig, args.config)
     out = Path(args.out)
+    with from_config_file(args.config):
+        plan = validate_study(cfg)  # every value's config, before anything is written
     if args.dry_run:
-        return _dry_run(cfg, out, args.json)
+        return _dry_run(cfg, plan, out, args.json)
     res, report = run_sweep(args, out, lambda backend: run_study(cfg, out, backend=backend,
                                                                 progress=show_progress(args)))
     if args.json:
@@ -62,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(cfg, out: Path, as_json: bool) -> int:
+def _dry_run(cfg, plan, out: Path, as_json: bool) -> int:
     """The resolved config of every factor value (with the fields it changes without naming them, such as the lr
     scaled with the batch) and the number of trainings (at most, for mode emm)."""
     values, notes = [], []
-    for factors, c in expand(cfg):
+    for factors, c in plan:
         values.append({"value": value_label(factors), "max_trainings": max_trainings(c), "config": to_jsonable(c),
                        "derived": derived_fields(cfg, factors)})
         notes.append(f"; {derived_text(cfg, factors)}" if values[-1]["derived"] else "")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
-from diffmem.artefacts import dir_lock, read_manifest, remove_stale_temps
+from diffmem.artefacts import read_manifest
 from diffmem.cli.common import (
     add_dry_run_argument,
     add_json_argument,
@@ -17,8 +16,9 @@ from diffmem.cli.common import (
     print_json,
     show_progress,
 )
+from diffmem.cli.flags import flag
 from diffmem.config import ModelConfig, TrainConfig, preset_names, resolve_preset, to_dict
-from diffmem.errors import UsageError, bad
+from diffmem.errors import bad
 
 HELP = "train a denoiser (U-Net + VP/VE/EDM) on a dataset; re-running the same command resumes"
 EXAMPLES = """\
@@ -31,52 +31,54 @@ EXAMPLES = """\
   torchrun --nproc_per_node=4 -m diffmem train --data out/cifar1k --out runs/c1k --preset paper-basic
 """
 
-_MODEL_FLAGS = {  # flag → (field, parser, help)
-    "arch": ("arch", str, "backbone family: ddpmpp (box resampling) or ncsnpp (FIR [1,3,3,1], 2C noise channels, "
-                          "residual encoder)"),
-    "channels": ("channels", int, "base channel count (width)"),
-    "channel-mult": ("channel_mult", "ints", "channel multiplier per resolution level, e.g. 2,2,2"),
-    "blocks": ("blocks", int, "residual blocks per resolution (depth)"),
-    "attn-resolutions": ("attn_resolutions", "ints", "resolutions with self-attention, e.g. 16 or 'none'"),
-    "dropout": ("dropout", float, "dropout probability in the residual blocks"),
-    "embedding": ("embedding", str, "time embedding of c_noise: positional or fourier"),
-    "encoder": ("encoder", str, "standard, or residual (NCSN++ progressive input); default: the arch's"),
-    "channel-mult-noise": ("channel_mult_noise", int, "noise-embedding channels ÷ channels; default: the arch's "
-                                                      "(ddpmpp 1, ncsnpp 2)"),
-    "skip-mask": ("skip_mask", "mask", "on/off per encoder→decoder skip, e.g. 1,0,1,1 ('all' = all on); "
-                                       "levels×(blocks+1) flags from the input conv down"),
-    "precond": ("precond", str, "preconditioning and loss: vp, ve or edm"),
-    "sigma-data": ("sigma_data", float, "σ_data of EDM preconditioning"),
+_OPTIONS = {  # config path → (parser, help); the flag is the one the table of diffmem.cli.flags gives it
+    "model.arch": (str, "backbone family: ddpmpp (box resampling) or ncsnpp (FIR [1,3,3,1], 2C noise channels, "
+                        "residual encoder)"),
+    "model.channels": (int, "base channel count (width)"),
+    "model.channel_mult": ("ints", "channel multiplier per resolution level, e.g. 2,2,2"),
+    "model.blocks": (int, "residual blocks per resolution (depth)"),
+    "model.attn_resolutions": ("ints", "resolutions with self-attention, e.g. 16 or 'none'"),
+    "model.dropout": (float, "dropout probability in the residual blocks"),
+    "model.embedding": (str, "time embedding of c_noise: positional or fourier"),
+    "model.encoder": (str, "standard, or residual (NCSN++ progressive input); default: the arch's"),
+    "model.channel_mult_noise": (int, "noise-embedding channels ÷ channels; default: the arch's (ddpmpp 1, "
+                                      "ncsnpp 2)"),
+    "model.skip_mask": ("mask", "on/off per encoder→decoder skip, e.g. 1,0,1,1 ('all' = all on); "
+                                "levels×(blocks+1) flags from the input conv down"),
+    "model.precond": (str, "preconditioning and loss: vp, ve or edm"),
+    "model.sigma_data": (float, "σ_data of EDM preconditioning"),
+    "train.batch": (int, "total batch size (over all processes)"),
+    "train.batch_per_device": (int, "per-process micro-batch; gradient accumulation down to it"),
+    "train.lr": (float, "Adam learning rate"),
+    "train.betas": ("floats", "Adam betas, e.g. 0.9,0.999"),
+    "train.warmup_kimg": (float, "linear learning-rate warm-up, in kimg (0 = none)"),
+    "train.warmup_epochs": (float, "or in epochs, as whole kimg rounded down (reference: 200)"),
+    "train.weight_decay": (float, "Adam's coupled L2 weight decay (torch.optim.Adam weight_decay, as the reference "
+                                  "study used; not AdamW)"),
+    "train.loss_norm": (str, "an image's loss: sum over its pixels (the reference's) or mean"),
+    "train.ema_mode": (str, "constant (--ema-decay), halflife, compensated (the reference's default: "
+                            "0.5^(512/(h·50,000/|D|)) per step) or final (settles at --ema-decay)"),
+    "train.ema_decay": (float, "per-step EMA decay: constant mode's (0 = no EMA), or final mode's last"),
+    "train.ema_halflife_kimg": (float, "EMA half-life in kimg (half-life modes)"),
+    "train.ema_halflife_epochs": (float, "or in epochs, as whole kimg rounded down (reference: 10)"),
+    "train.ema_rampup_ratio": ("optfloat", "EDM's EMA ramp-up: half-life ≤ ratio × images seen ('none' = off)"),
+    "train.data_order": (str, "fixed (one permutation from the seed, every epoch: the reference's) or reshuffle (a "
+                              "new one per epoch)"),
+    "train.snapshot_kimg": (float, "EMA snapshot every this many kimg"),
+    "train.log_kimg": (float, "stats.jsonl line every this many kimg (default ~100 lines)"),
+    "train.state_kimg": (float, "resumable state every this many kimg (default: at snapshots)"),
+    "train.P_mean": (float, "EDM loss: mean of ln σ"),
+    "train.P_std": (float, "EDM loss: standard deviation of ln σ"),
+    "train.precision": (str, "fp32 (no TF32 on GPUs, as the reference), or bf16 autocast"),
+    "train.grad_clip": (float, "clip the gradient norm to this value"),
+    "train.seed": (int, "seed of the initial weights, data order, σ, noise and dropout"),
+    "train.device": (str, "auto, cpu, cuda or cuda:N"),
 }
-_TRAIN_FLAGS = {
-    "batch": ("batch", int, "total batch size (over all processes)"),
-    "batch-per-device": ("batch_per_device", int, "per-process micro-batch; gradient accumulation down to it"),
-    "lr": ("lr", float, "Adam learning rate"),
-    "betas": ("betas", "floats", "Adam betas, e.g. 0.9,0.999"),
-    "warmup-kimg": ("warmup_kimg", float, "linear learning-rate warm-up, in kimg (0 = none)"),
-    "warmup-epochs": ("warmup_epochs", float, "or in epochs, as whole kimg rounded down (reference: 200)"),
-    "weight-decay": ("weight_decay", float, "Adam's coupled L2 weight decay (torch.optim.Adam weight_decay, "
-                                            "as the reference study used; not AdamW)"),
-    "loss-norm": ("loss_norm", str, "an image's loss: sum over its pixels (the reference's) or mean"),
-    "ema-mode": ("ema_mode", str, "constant (--ema-decay), halflife, compensated (the reference's default: "
-                                  "0.5^(512/(h·50,000/|D|)) per step) or final (settles at --ema-decay)"),
-    "ema-decay": ("ema_decay", float, "per-step EMA decay: constant mode's (0 = no EMA), or final mode's last"),
-    "ema-halflife-kimg": ("ema_halflife_kimg", float, "EMA half-life in kimg (half-life modes)"),
-    "ema-halflife-epochs": ("ema_halflife_epochs", float, "or in epochs, as whole kimg rounded down (reference: 10)"),
-    "ema-rampup-ratio": ("ema_rampup_ratio", "optfloat", "EDM's EMA ramp-up: half-life ≤ ratio × images seen "
-                                                         "('none' = off)"),
-    "data-order": ("data_order", str, "fixed (one permutation from the seed, every epoch: the reference's) or "
-                                      "reshuffle (a new one per epoch)"),
-    "snapshot-kimg": ("snapshot_kimg", float, "EMA snapshot every this many kimg"),
-    "log-kimg": ("log_kimg", float, "stats.jsonl line every this many kimg (default ~100 lines)"),
-    "state-kimg": ("state_kimg", float, "resumable state every this many kimg (default: at snapshots)"),
-    "P-mean": ("P_mean", float, "EDM loss: mean of ln σ"),
-    "P-std": ("P_std", float, "EDM loss: standard deviation of ln σ"),
-    "precision": ("precision", str, "fp32 (no TF32 on GPUs, as the reference), or bf16 autocast"),
-    "grad-clip": ("grad_clip", float, "clip the gradient norm to this value"),
-    "seed": ("seed", int, "seed of the initial weights, data order, σ, noise and dropout"),
-    "device": ("device", str, "auto, cpu, cuda or cuda:N"),
-}
+
+
+def _dest(path: str) -> str:
+    """The argparse attribute of a config path's flag (``train.ema_mode`` → ``ema_mode``)."""
+    return flag("train", path).lstrip("-").replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,15 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="digits", help=f"recipe to start from: {', '.join(preset_names())} "
                                                            "(default digits)")
     dur = parser.add_mutually_exclusive_group()
-    dur.add_argument("--kimg", type=float, help="training duration in thousands of images")
-    dur.add_argument("--epochs", type=float, help="training duration in passes over the dataset")
-    m = parser.add_argument_group("model knobs (override the preset)")
-    for flag, (_, kind, text) in _MODEL_FLAGS.items():
-        m.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
-    t = parser.add_argument_group("training knobs (override the preset)")
-    for flag, (_, kind, text) in _TRAIN_FLAGS.items():
-        t.add_argument(f"--{flag}", type=kind if callable(kind) else str, metavar=_metavar(kind), help=text)
-    parser.add_argument("--compile", action="store_true",
+    dur.add_argument(flag("train", "train.kimg"), type=float, help="training duration in thousands of images")
+    dur.add_argument(flag("train", "train.epochs"), type=float, help="training duration in passes over the dataset")
+    groups = {"model": parser.add_argument_group("model knobs (override the preset)"),
+              "train": parser.add_argument_group("training knobs (override the preset)")}
+    for path, (kind, text) in _OPTIONS.items():
+        groups[path.split(".")[0]].add_argument(flag("train", path), dest=_dest(path), metavar=_metavar(kind),
+                                                type=kind if callable(kind) else str, help=text)
+    parser.add_argument(flag("train", "train.compile"), action="store_true",
                         help="torch.compile the denoiser (not bit-equal to eager): a warm-up the first time on a "
                              "machine (compiled graphs are cached under ~/.cache/diffmem/inductor), then somewhat "
                              "faster steps; see benchmarks/results/train.md")
@@ -108,7 +109,7 @@ def _metavar(kind) -> str | None:
         if isinstance(kind, str) else None
 
 
-def _parse(flag: str, kind, text: str):
+def _parse(option: str, kind, text: str):
     if kind == "ints" and text.strip().lower() in ("none", ""):
         return ()
     if kind == "mask":
@@ -116,7 +117,7 @@ def _parse(flag: str, kind, text: str):
             return None
         parts = [p.strip() for p in text.split(",")]
         if not all(p in ("0", "1") for p in parts):
-            raise bad(f"--{flag}", text, "comma-separated 0/1 flags such as 1,0,1,1")
+            raise bad(option, text, "comma-separated 0/1 flags such as 1,0,1,1")
         return tuple(p == "1" for p in parts)
     if kind == "optfloat":
         if text.strip().lower() == "none":
@@ -124,22 +125,22 @@ def _parse(flag: str, kind, text: str):
         try:
             return float(text)
         except ValueError as e:
-            raise bad(f"--{flag}", text, "a number or 'none'") from e
+            raise bad(option, text, "a number or 'none'") from e
     try:
         conv = int if kind == "ints" else float
         return tuple(conv(p) for p in text.split(","))
     except ValueError as e:
-        raise bad(f"--{flag}", text, "comma-separated numbers") from e
+        raise bad(option, text, "comma-separated numbers") from e
 
 
 def resolve(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """The preset with every given flag applied (:func:`diffmem.config.resolve_preset`)."""
     changes: dict[str, dict] = {"model": {}, "train": {}}
-    for group, flags in (("model", _MODEL_FLAGS), ("train", _TRAIN_FLAGS)):
-        for flag, (field, kind, _) in flags.items():
-            v = getattr(args, flag.replace("-", "_"))
-            if v is not None:
-                changes[group][field] = _parse(flag, kind, v) if isinstance(kind, str) else v
+    for path, (kind, _) in _OPTIONS.items():
+        group, field = path.split(".")
+        v = getattr(args, _dest(path))
+        if v is not None:
+            changes[group][field] = _parse(flag("train", path), kind, v) if isinstance(kind, str) else v
     if args.compile:
         changes["train"]["compile"] = True
     for field in ("kimg", "epochs"):
@@ -156,14 +157,12 @@ def run(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = resolve(args)
     data, out = Path(args.data), Path(args.out)
     if args.dry_run:
-        _, _, resolved = resolve_configs(data, model_cfg, train_cfg)
+        _, _, resolved = resolve_configs(data, model_cfg, train_cfg, processes=world()[1])
         print_json(resolved) if args.json else sys.stdout.write(json.dumps(to_dict(resolved), indent=2) + "\n")
         return 0
-    if world()[0] != 0:  # torchrun: rank 0 holds the lock on --out; the other ranks write nothing there
-        train(data, out, model_cfg, train_cfg, progress=False, threads=args.threads)
+    train(data, out, model_cfg, train_cfg, progress=show_progress(args), threads=args.threads)
+    if world()[0] != 0:  # torchrun: rank 0 reports
         return 0
-    with _out_lock(out):
-        train(data, out, model_cfg, train_cfg, progress=show_progress(args), threads=args.threads)
     summary = _summary(out)
     if args.json:
         print_json(summary)
@@ -176,25 +175,6 @@ def run(args: argparse.Namespace) -> int:
                   f"speed {last['images_per_s']:.0f} images/s")
         print(f"final EMA weights: {summary['final']}; snapshots: {len(list_snapshots(out))} in {out / 'checkpoints'}")
     return 0
-
-
-@contextlib.contextmanager
-def _out_lock(out: Path):
-    """Hold the lock on the run directory for the whole run; a directory created only for the lock is
-    removed again when the run fails before writing anything into it."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {str(out)!r} is a file; expected a run directory (new, or of the same run)")
-    created = not out.exists()
-    try:
-        with dir_lock(out, "--out"):
-            remove_stale_temps(out)  # what a killed run was writing; the lock says no one else writes here
-            yield
-    except BaseException:
-        if created and [p.name for p in out.iterdir()] == [".lock"]:
-            with contextlib.suppress(OSError):
-                (out / ".lock").unlink()
-                out.rmdir()
-        raise
 
 
 def _summary(out: Path) -> dict:

@@ -3,14 +3,14 @@
 A dataset artefact is a directory with ``dataset.npz`` (``images`` uint8 N×C×H×W, ``labels``
 int64 N (−1 = unlabeled), ``source_ids`` int64 N — each image's index in its source —, ``names``
 str N — each image's relative path in the folder or zip it came from, ``KIND:INDEX`` (``digits:1234``)
-for sources without file names, prefixed ``mix:`` for ``--mix`` images — and ``origin`` uint8 N:
-0 = ``--source``, 1 = ``--mix``) and ``manifest.json`` (stage ``dataset``, the
+for sources without file names, prefixed ``mix:`` for ``data.mix`` images — and ``origin`` uint8 N:
+0 = ``data.source``, 1 = ``data.mix``) and ``manifest.json`` (stage ``dataset``, the
 config, content hashes, the integer ``label_classes`` and the ``duplicates`` report).
 Images are stored in priority order: for one seed, the dataset of size N₁ is the first N₁
 images of the dataset of size N₂ > N₁ (see :mod:`diffmem.data.subsets`).
 
-``--classes C`` keeps the first C classes (label values 0..C−1 of the source, whose labels are
-numbered in sorted order of its own class ids). With ``--mix``, when both sources are labeled the
+``data.classes`` C keeps the first C classes (label values 0..C−1 of the source, whose labels are
+numbered in sorted order of its own class ids). With ``data.mix``, when both sources are labeled the
 classes are matched by that index (class c of the mix fills class c) and the mix images are
 downsampled to the target resolution; when either is unlabeled the two are pooled.
 """
@@ -29,7 +29,7 @@ from diffmem.config import DataConfig
 from diffmem.data.duplicates import duplicate_report
 from diffmem.data.resize import RESAMPLE_FILTERS, downsample
 from diffmem.data.source import Source
-from diffmem.data.sources import load_source
+from diffmem.data.sources import check_spec, load_source
 from diffmem.data.subsets import assign_labels, priority_order
 from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet, load_images, load_npz, names_array, save_image_set
@@ -51,43 +51,53 @@ class BuiltDataset:
     origin: np.ndarray
     info: dict[str, Any]
     inputs: dict[str, Any]
-    names: np.ndarray | None = None  # str N: each image's name in its source (``--mix`` images: ``mix:NAME``)
+    names: np.ndarray | None = None  # str N: each image's name in its source (``data.mix`` images: ``mix:NAME``)
 
 
-def check_config(cfg: DataConfig) -> None:
-    """Refuse option values that are wrong whatever the source (one line naming the option)."""
+def validate_data(cfg: DataConfig, *, where: str = "data", sources: bool = True) -> None:
+    """Refuse the first field of a data config that is wrong whatever the source holds, in one line naming it by its
+    config path (``data.labels``; ``where`` is the prefix); ``sources``: also check that the source (and the mix)
+    are written as a known kind and that their files exist, without reading them."""
+    def p(name: str) -> str:
+        return f"{where}.{name}"
+
     if cfg.labels not in LABEL_MODES:
-        raise bad("--labels", cfg.labels, f"one of {', '.join(LABEL_MODES)}")
+        raise bad(p("labels"), cfg.labels, f"one of {', '.join(LABEL_MODES)}")
     if cfg.labels == "random":
         if cfg.label_classes is None or cfg.label_classes < 1:
-            raise bad("--label-classes", cfg.label_classes, "a number of classes K ≥ 1 with --labels random")
+            raise bad(p("label_classes"), cfg.label_classes, f"a number of classes K ≥ 1 with {p('labels')} random")
     elif cfg.label_classes is not None:
-        raise UsageError(f"--label-classes: {cfg.label_classes} is only used with --labels random "
-                         f"(got --labels {cfg.labels})")
-    for option, value in (("--size", cfg.size), ("--classes", cfg.classes), ("--resolution", cfg.resolution)):
+        raise bad(p("label_classes"), cfg.label_classes, f"null: it is only used with {p('labels')} random (not "
+                  f"{cfg.labels})")
+    for name in ("size", "classes", "resolution"):
+        value = getattr(cfg, name)
         if value is not None and value < 1:
-            raise bad(option, value, "a positive integer")
+            raise bad(p(name), value, "a positive integer")
     if cfg.seed < 0:
-        raise bad("--seed", cfg.seed, "an integer ≥ 0")
+        raise bad(p("seed"), cfg.seed, "an integer ≥ 0")
     if cfg.resample not in RESAMPLE_FILTERS:
-        raise bad("--resample", cfg.resample, f"one of {', '.join(RESAMPLE_FILTERS)}")
+        raise bad(p("resample"), cfg.resample, f"one of {', '.join(RESAMPLE_FILTERS)}")
     if cfg.mix is None and cfg.mix_rate != 0.0:
-        raise UsageError(f"--mix-rate: {cfg.mix_rate} needs a second source; add --mix SRC2")
+        raise bad(p("mix_rate"), cfg.mix_rate, f"0 without a second source ({p('mix')})")
     if cfg.mix is not None and not 0.0 < cfg.mix_rate <= 1.0:
-        raise bad("--mix-rate", cfg.mix_rate, "a fraction in (0, 1] with --mix")
+        raise bad(p("mix_rate"), cfg.mix_rate, f"a fraction in (0, 1] with {p('mix')}")
     if not cfg.near_dup_threshold >= 0.0:
-        raise bad("--near-threshold", cfg.near_dup_threshold, "an RMS pixel distance ≥ 0")
+        raise bad(p("near_dup_threshold"), cfg.near_dup_threshold, "an RMS pixel distance ≥ 0")
+    if sources:
+        check_spec(cfg.source, p("source"))
+        if cfg.mix is not None:
+            check_spec(cfg.mix, p("mix"))
 
 
 def _kept_classes(src: Source, classes: int | None, option: str) -> np.ndarray:
-    """Indices of the candidates of ``src`` after ``--classes`` (the first C classes are kept)."""
+    """Indices of the candidates of ``src`` after ``data.classes`` (the first C classes are kept)."""
     if classes is None:
         return np.arange(len(src))
     if src.labels is None:
-        raise UsageError(f"--classes: {classes} needs a labeled source; {option} {src.spec!r} is unlabeled "
+        raise UsageError(f"data.classes: {classes} needs a labeled source; {option} {src.spec!r} is unlabeled "
                          "(no classes)")
     if classes > src.num_classes:
-        raise UsageError(f"--classes: {classes} is more than the {src.num_classes} classes of {option} "
+        raise UsageError(f"data.classes: {classes} is more than the {src.num_classes} classes of {option} "
                          f"{src.spec!r}")
     return np.flatnonzero(src.labels < classes)
 
@@ -106,12 +116,12 @@ def _resized(src: Source, idx: np.ndarray, target: tuple[int, int], method: str,
 
 @dataclass(frozen=True)
 class _Plan:
-    """A config's sources and the priority order of their candidates (indices ≥ len(keep) are --mix's)."""
+    """A config's sources and the priority order of their candidates (indices ≥ len(keep) are the mix's)."""
 
     src: Source
     mix: Source | None
-    keep: np.ndarray  # candidates of --source (after --classes)
-    mix_keep: np.ndarray | None  # candidates of --mix
+    keep: np.ndarray  # candidates of data.source (after data.classes)
+    mix_keep: np.ndarray | None  # candidates of data.mix
     order: np.ndarray  # every drawable candidate in priority order
     target: tuple[int, int]  # H, W of the dataset's images
     n_classes: int
@@ -119,40 +129,40 @@ class _Plan:
 
 def _plan(cfg: DataConfig) -> _Plan:
     """Load and check the sources of ``cfg`` and draw the priority order (every check happens here)."""
-    check_config(cfg)
-    src = load_source(cfg.source, "--source")
+    validate_data(cfg, sources=False)
+    src = load_source(cfg.source, "data.source")
     n_src, c_src, h_src, w_src = src.images.shape
     r = cfg.resolution if cfg.resolution is not None else h_src
     target = (r, r) if cfg.resolution is not None else (h_src, w_src)
     if cfg.resolution is not None:
         if r > min(h_src, w_src):
-            raise UsageError(f"--resolution: {r} is larger than the source's {h_src}×{w_src} images; expected "
+            raise UsageError(f"data.resolution: {r} is larger than the source's {h_src}×{w_src} images; expected "
                              f"at most {min(h_src, w_src)} (only downsampling is supported)")
         if h_src != w_src and r != h_src:
-            raise UsageError(f"--resolution: the source's images are {h_src}×{w_src}, not square; expected "
+            raise UsageError(f"data.resolution: the source's images are {h_src}×{w_src}, not square; expected "
                              "square images to resize to R×R")
     if cfg.labels == "true" and src.labels is None:
-        raise UsageError(f"--labels: 'true' needs a labeled source; --source {cfg.source!r} is unlabeled "
+        raise UsageError(f"data.labels: 'true' needs a labeled source; data.source {cfg.source!r} is unlabeled "
                          "(use none, random or unique)")
-    keep = _kept_classes(src, cfg.classes, "--source")
+    keep = _kept_classes(src, cfg.classes, "data.source")
     n_classes = cfg.classes if cfg.classes is not None else src.num_classes
     class_of = src.labels[keep] if src.labels is not None else np.zeros(keep.size, dtype=np.int64)
 
     mix, mix_keep, mix_class_of = None, None, None
     if cfg.mix is not None:
-        mix = load_source(cfg.mix, "--mix")
+        mix = load_source(cfg.mix, "data.mix")
         if mix.images.shape[1] != c_src:
-            raise UsageError(f"--mix: {cfg.mix!r} has {mix.images.shape[1]} channels, the source has {c_src}; "
+            raise UsageError(f"data.mix: {cfg.mix!r} has {mix.images.shape[1]} channels, the source has {c_src}; "
                              "expected the same channel count")
         mh, mw = mix.images.shape[2:]
         if (mh, mw) != target and (target[0] != target[1] or mh != mw or mh < target[0]):
-            raise UsageError(f"--mix: {cfg.mix!r} has {mh}×{mw} images; expected {target[0]}×{target[1]} or "
+            raise UsageError(f"data.mix: {cfg.mix!r} has {mh}×{mw} images; expected {target[0]}×{target[1]} or "
                              "larger square ones")
         if cfg.labels == "true" and mix.labels is None:
-            raise UsageError(f"--mix: {cfg.mix!r} is unlabeled; --labels true needs a labeled second source")
+            raise UsageError(f"data.mix: {cfg.mix!r} is unlabeled; data.labels true needs a labeled second source")
         if src.labels is not None and mix.labels is not None:  # class-matched mixing
             if mix.num_classes < n_classes:
-                raise UsageError(f"--mix: {cfg.mix!r} has {mix.num_classes} classes; the source's {n_classes} "
+                raise UsageError(f"data.mix: {cfg.mix!r} has {mix.num_classes} classes; the source's {n_classes} "
                                  "classes need a match in it")
             mix_keep = np.flatnonzero(mix.labels < n_classes)
             mix_class_of = mix.labels[mix_keep]
@@ -164,10 +174,10 @@ def _plan(cfg: DataConfig) -> _Plan:
     order = priority_order(class_of, seed=cfg.seed, size=cfg.size, nested=cfg.nested,
                            mix_class_of=mix_class_of, mix_rate=cfg.mix_rate if mix is not None else 0.0)
     if cfg.size is not None and cfg.size > order.size:
-        where = f"--source {cfg.source!r}" + (f" in its {cfg.classes} kept classes" if cfg.classes else "")
+        where = f"data.source {cfg.source!r}" + (f" in its {cfg.classes} kept classes" if cfg.classes else "")
         if mix is not None:
             where += f" mixed with {cfg.mix!r} at rate {cfg.mix_rate:g}"
-        raise UsageError(f"--size: {cfg.size} is more than {where} can give ({order.size} images)")
+        raise UsageError(f"data.size: {cfg.size} is more than {where} can give ({order.size} images)")
     return _Plan(src=src, mix=mix, keep=keep, mix_keep=mix_keep, order=order, target=target, n_classes=n_classes)
 
 
@@ -190,14 +200,14 @@ def _gather(plan: _Plan, chosen: np.ndarray, cfg: DataConfig) -> _Drawn:
     true = np.full(n, -1, dtype=np.int64)
     names = np.empty(n, dtype=object)
     p_idx = keep[chosen[~from_mix]]
-    images[~from_mix] = _resized(src, p_idx, plan.target, cfg.resample, "--source")
+    images[~from_mix] = _resized(src, p_idx, plan.target, cfg.resample, "data.source")
     source_ids[~from_mix] = p_idx
     names[~from_mix] = src.image_names()[p_idx]
     if src.labels is not None:
         true[~from_mix] = src.labels[p_idx]
     if mix is not None and from_mix.any():
         m_idx = plan.mix_keep[chosen[from_mix] - keep.size]
-        images[from_mix] = _resized(mix, m_idx, plan.target, cfg.resample, "--mix")
+        images[from_mix] = _resized(mix, m_idx, plan.target, cfg.resample, "data.mix")
         source_ids[from_mix] = m_idx
         names[from_mix] = [f"mix:{x}" for x in mix.image_names()[m_idx]]
         if mix.labels is not None:

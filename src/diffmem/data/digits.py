@@ -17,7 +17,7 @@ def digits_uint8(v: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(v, dtype=np.float64) * 255.0 / 16.0 + 0.5).astype(np.uint8)
 
 
-def _digits_table() -> np.ndarray:
+def _digits_table(option: str) -> np.ndarray:
     """scikit-learn's digits table (1,797 rows: 64 intensities 0..16, then the digit).
 
     Read straight from the CSV file scikit-learn ships (importing ``sklearn.datasets`` costs
@@ -25,7 +25,7 @@ def _digits_table() -> np.ndarray:
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise UsageError("--source: 'digits' needs scikit-learn, which is not installed; pip install scikit-learn")
+        raise UsageError(f"{option}: 'digits' needs scikit-learn, which is not installed; pip install scikit-learn")
     csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if csv.is_file():
         with gzip.open(csv, "rt") as f:
@@ -38,9 +38,10 @@ def _digits_table() -> np.ndarray:
     return np.concatenate([d.data, d.target[:, None]], axis=1)
 
 
-def load_digits(spec: str = "digits") -> Source:
-    """scikit-learn's 1,797 8×8 digits as uint8 1×8×8 images with labels 0..9."""
-    table = _digits_table()
+def load_digits(spec: str = "digits", option: str = "data.source") -> Source:
+    """scikit-learn's 1,797 8×8 digits as uint8 1×8×8 images with labels 0..9 (``option``: what errors call the
+    source)."""
+    table = _digits_table(option)
     images = digits_uint8(table[:, :64]).reshape(-1, 1, 8, 8)
     labels = table[:, 64].astype(np.int64)
     return Source(images=np.ascontiguousarray(images), labels=labels,

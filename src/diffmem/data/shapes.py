@@ -127,7 +127,7 @@ def render_shapes(res: int, classes: int, diversity: float, n: int, channels: in
     return out
 
 
-def load_shapes(arg: str, option: str = "--source", spec: str = "shapes") -> Source:
+def load_shapes(arg: str, option: str = "data.source", spec: str = "shapes") -> Source:
     """The shapes source named by ``spec`` (arguments ``arg``), labels = class index."""
     p = parse_shapes_args(arg, option, spec)
     images = render_shapes(int(p["res"]), int(p["classes"]), float(p["diversity"]), int(p["n"]),

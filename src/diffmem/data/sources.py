@@ -10,7 +10,8 @@ A source specification is ``KIND`` or ``KIND:ARG``:
 - ``npz:PATH``: the diffmem ``.npz`` layout (``images`` uint8 N×C×H×W, optional ``labels``).
 
 Every loader returns a :class:`~diffmem.data.source.Source`; every bad input raises a one-line
-:class:`~diffmem.errors.UsageError` that names the option (``--source`` or ``--mix``). A new source is one
+:class:`~diffmem.errors.UsageError` that names the option it is given (``data.source`` or ``data.mix``, which
+``diffmem data`` shows as ``--source`` and ``--mix``). A new source is one
 module with a loader ``(arg, option, spec) -> Source`` and one row of :data:`SOURCES`.
 """
 
@@ -39,7 +40,7 @@ class SourceKind:
 
 
 SOURCES: dict[str, SourceKind] = {
-    "digits": SourceKind("digits", "nothing", lambda arg, option, spec: load_digits(spec)),
+    "digits": SourceKind("digits", "nothing", lambda arg, option, spec: load_digits(spec, option)),
     "shapes": SourceKind("shapes[:res=R,classes=C,diversity=D,n=N,channels=1|3,seed=S]", "params", load_shapes),
     "cifar10": SourceKind("cifar10:PATH", "path", load_cifar10),
     "zip": SourceKind("zip:PATH", "path", load_zip),
@@ -73,8 +74,17 @@ def existing_path(arg: str, option: str, spec: str, want_dir: bool = False) -> P
     return p
 
 
-def load_source(spec: str, option: str = "--source") -> Source:
-    """Load every image of the source named by ``spec`` (see the module docstring)."""
+def check_spec(spec: str, option: str = "data.source") -> None:
+    """Refuse a source specification of an unknown kind, or whose file or folder does not exist, without reading
+    it (a sweep checks its sources before any work)."""
+    kind, arg = split_spec(spec, option)
+    if SOURCES[kind].takes in ("path", "dir"):
+        existing_path(arg, option, spec, want_dir=SOURCES[kind].takes == "dir")
+
+
+def load_source(spec: str, option: str = "data.source") -> Source:
+    """Load every image of the source named by ``spec`` (see the module docstring); ``option`` is what errors call
+    it."""
     kind, arg = split_spec(spec, option)
     k = SOURCES[kind]
     if k.takes in ("path", "dir"):

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from diffmem.config import MeasureConfig
-from diffmem.devices import resolve_device
+from diffmem.devices import check_device_name, resolve_device
 from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet
-from diffmem.measure.knn import search
+from diffmem.measure.knn import BACKENDS, MIN_MEMORY_MB, search
 from diffmem.measure.stats import wilson_interval
 from diffmem.measure.vectors import DISTANCES, TrainIndex, as_vectors, check_compatible, prepare_train, unit_rows
 
@@ -50,13 +50,24 @@ class Measurement:
                                                  "memorized", "nn1_copies")}, **self.extra}
 
 
-def _check_cfg(cfg: MeasureConfig) -> None:
+def validate_measure(cfg: MeasureConfig, *, where: str = "measure") -> None:
+    """Refuse the first setting of a measurement config that cannot run, in one line naming it by its config path
+    (``measure.threshold``; ``where`` is the prefix)."""
     if not 0.0 < cfg.threshold <= 1.0:
-        raise bad("--threshold", cfg.threshold, "a number in (0, 1], e.g. 1/3")
+        raise bad(f"{where}.threshold", cfg.threshold, "a number in (0, 1], e.g. 1/3")
     if not 0.0 < cfg.confidence < 1.0:
-        raise bad("--confidence", cfg.confidence, "a number in (0, 1)")
+        raise bad(f"{where}.confidence", cfg.confidence, "a number in (0, 1)")
+    if cfg.backend not in BACKENDS:
+        raise bad(f"{where}.backend", cfg.backend, " or ".join(BACKENDS))
+    if cfg.memory_mb < MIN_MEMORY_MB:
+        raise bad(f"{where}.memory_mb", cfg.memory_mb, f"a working-memory budget of at least {MIN_MEMORY_MB} MiB")
     if cfg.candidates < 2:
-        raise bad("--candidates", cfg.candidates, "at least 2")
+        raise bad(f"{where}.candidates", cfg.candidates, "at least 2")
+    if cfg.copying_cells < 0:
+        raise bad(f"{where}.copying_cells", cfg.copying_cells, "a number of k-means cells ≥ 1, or 0 for the default")
+    if cfg.copying_tau is not None and not 0.0 < cfg.copying_tau <= 1.0:
+        raise bad(f"{where}.copying_tau", cfg.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
+    check_device_name(cfg.device, f"{where}.device")
 
 
 def _matching_dtypes(q: np.ndarray, index: TrainIndex) -> tuple[np.ndarray, TrainIndex]:
@@ -83,7 +94,7 @@ class StreamingMeasurer:
     def __init__(self, train: ImageSet | np.ndarray | TrainIndex, cfg: MeasureConfig | None = None, *,
                  progress: bool = False, min_samples: int = MIN_SAMPLES, distance: str = "l2") -> None:
         cfg = cfg or MeasureConfig()
-        _check_cfg(cfg)
+        validate_measure(cfg)
         if distance not in DISTANCES:
             raise bad("--distance", distance, f"one of {', '.join(DISTANCES)}")
         self.cfg, self.distance = cfg, distance
@@ -94,7 +105,7 @@ class StreamingMeasurer:
             self.index = train
         else:
             self.index = prepare_train(unit_rows(train, "--train") if distance == "cosine" else train)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "measure.device")
         self.progress = progress
         self.min_samples = min_samples  # warn below this many samples
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (seeds, ids, sq)

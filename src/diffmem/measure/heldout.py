@@ -22,22 +22,13 @@ from typing import Any
 import numpy as np
 
 from diffmem.config import MeasureConfig
-from diffmem.errors import bad
 from diffmem.io import ImageSet
 from diffmem.measure.copying import Cells, auto_cells, data_copying_test, fit_cells
-from diffmem.measure.core import Measurement, measure
+from diffmem.measure.core import Measurement, measure, validate_measure
 from diffmem.measure.vectors import TrainIndex, as_vectors
 
 HELDOUT_KEYS = ("memorization_ratio", "ci_low", "ci_high", "confidence", "n_memorized", "n_exact_copies",
                 "threshold", "median_ratio")
-
-
-def check_copying_config(cfg: MeasureConfig) -> None:
-    """Refuse bad data-copying settings (one line naming the option)."""
-    if cfg.copying_cells < 0:
-        raise bad("--cells", cfg.copying_cells, "a number of k-means cells ≥ 1, or 0 for the default")
-    if cfg.copying_tau is not None and not 0.0 < cfg.copying_tau <= 1.0:
-        raise bad("--tau", cfg.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -79,7 +70,7 @@ def prepare_heldout(
     progress: bool = False,
 ) -> HeldoutReference:
     """Measure the held-out images against the training set and fit the cells of the data-copying test."""
-    check_copying_config(cfg)
+    validate_measure(cfg)
     hm = measure(heldout, index, cfg, progress=progress, min_samples=0)  # its interval says how sure it is
     k = cfg.copying_cells or auto_cells(len(hm.d1), n_samples, index.n_unique)
     cells = fit_cells(index.vectors[index.unique_ids], k, cfg.copying_seed)

@@ -25,6 +25,7 @@ from diffmem.measure.vectors import TrainIndex, sq_norms
 from diffmem.progress import progress_bar
 
 log = logging.getLogger(__name__)
+MIN_MEMORY_MB = 16  # the smallest working-memory budget of a search
 BACKENDS = ("torch", "faiss")  # the fast stage: torch matrix products, or a FAISS flat index ([faiss] extra)
 
 MAX_BLOCK_ROWS = 4096  # training rows per matrix product (a good GEMM shape on 2 CPU cores)
@@ -59,8 +60,8 @@ def block_sizes(
 ) -> tuple[int, int]:
     """(query rows, training rows) per block so the working set fits in ``memory_mb``."""
     budget = memory_mb * (1 << 20)
-    if budget < 16 << 20:
-        raise UsageError(f"--memory-mb: {memory_mb} is too small; expected at least 16")
+    if memory_mb < MIN_MEMORY_MB:
+        raise bad("memory_mb", memory_mb, f"a working-memory budget of at least {MIN_MEMORY_MB} MiB")
     mb = MAX_BLOCK_ROWS
     while mb > 64 and convert_train and mb * dim * 4 > budget // 4:
         mb //= 2
@@ -194,7 +195,7 @@ def search(
         raise UsageError(f"queries have {queries.shape[1:]} values each but training vectors have {index.dim}; "
                          "expected the same length")
     if candidates < 2:
-        raise bad("--candidates", candidates, "at least 2")
+        raise bad("candidates", candidates, "at least 2")
     device = torch.device(device)
     k = min(candidates, index.n_unique)
     q_sq = sq_norms(queries)
@@ -205,7 +206,7 @@ def search(
         cand_ids, cand_score = faiss_candidates(queries, index, k)
         offset = np.zeros_like(q_sq)
     else:
-        raise bad("--backend", backend, " or ".join(BACKENDS))
+        raise bad("backend", backend, " or ".join(BACKENDS))
     ids, sq, certified = rerank(queries, index, cand_ids, cand_score, offset, q_sq, backend == "faiss")
     todo = np.flatnonzero(~certified)
     if todo.size:

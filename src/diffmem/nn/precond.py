@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from diffmem.config import ModelConfig
-from diffmem.errors import UsageError
+from diffmem.errors import bad
 
 
 def vp_sigma(t: torch.Tensor | float, beta_d: float, beta_min: float) -> torch.Tensor:
@@ -55,11 +55,11 @@ class Denoiser(nn.Module):
         if sigma.numel() == 1:
             sigma = sigma.reshape(1).expand(n)
         if sigma.shape != (n,):
-            raise UsageError(f"sigma: shape {tuple(sigma.shape)} is not valid; expected ({n},) or a scalar")
+            raise bad("sigma", sigma, f"({n},) or a scalar", shown=f"shape {tuple(sigma.shape)}")
         if self.label_dim:
             if labels is None:
-                raise UsageError(f"labels: None is not valid for a model conditional on {self.label_dim} classes; "
-                                 f"expected a LongTensor of shape ({n},)")
+                raise bad("labels", None, f"a LongTensor of shape ({n},): the model is conditional on "
+                          f"{self.label_dim} classes")
             labels = torch.as_tensor(labels, device=x.device).long().reshape(n)
         else:
             labels = None  # an unconditional model ignores labels

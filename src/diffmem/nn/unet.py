@@ -51,10 +51,12 @@ class ArchDefaults:
     noise_mult: int  # noise-embedding channels = noise_mult × C
 
 
-ARCH_DEFAULTS = {
+ARCH_DEFAULTS = {  # the architectures (model.arch) and what each implies
     "ddpmpp": ArchDefaults(taps=(1, 1), encoder="standard", noise_mult=1),
     "ncsnpp": ArchDefaults(taps=(1, 3, 3, 1), encoder="residual", noise_mult=2),
 }
+ENCODERS = ("standard", "residual")  # model.encoder
+EMBEDDINGS = ("positional", "fourier")  # model.embedding
 
 
 def resolved_encoder(cfg: ModelConfig) -> str:

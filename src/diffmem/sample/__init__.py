@@ -1,7 +1,7 @@
 """Sampling: the EDM σ schedule, Euler/Heun solvers (float64 state), per-sample seeds, ``generate``,
 and the closed-form optimal denoiser of a training set."""
 
-from diffmem.sample.generate import check_sample_config, generate, sample_seeds
+from diffmem.sample.generate import generate, sample_seeds, validate_sample
 from diffmem.sample.noise import SeedNoise
 from diffmem.sample.optimal import OptimalDenoiser
 from diffmem.sample.schedule import denoiser_sigma_range, edm_sigmas, schedule_for
@@ -11,7 +11,6 @@ __all__ = [
     "OptimalDenoiser",
     "SOLVERS",
     "SeedNoise",
-    "check_sample_config",
     "denoiser_sigma_range",
     "edm_sigmas",
     "euler",
@@ -19,4 +18,5 @@ __all__ = [
     "heun",
     "sample_seeds",
     "schedule_for",
+    "validate_sample",
 ]

@@ -189,7 +189,7 @@ def load_diffusers_model(
     sched_class, sched_config = _scheduler_choice(saved, scheduler, option)
     if dtype not in DTYPES:
         raise bad("--dtype", dtype, f"one of {', '.join(DTYPES)}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported: no hub access, ever
     diffusers = require("diffusers", "diffusers", option)
     if not hasattr(diffusers, sched_class):

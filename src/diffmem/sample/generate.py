@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from diffmem.config import SampleConfig
-from diffmem.devices import resolve_device
+from diffmem.devices import check_device_name, resolve_device
 from diffmem.errors import UsageError, bad
 from diffmem.io import ImageSet, to_uint8
 from diffmem.progress import progress_bar
@@ -22,36 +22,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = SampleConfig()
 
-# option names the checks below use in their messages (the CLI passes its own)
-FIELD_NAMES = {f: f for f in ("solver", "steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max",
-                              "S_noise", "batch")}
-
-
-def check_sample_config(cfg: SampleConfig, names: dict[str, str] | None = None) -> None:
-    """Raise a one-line UsageError naming the first invalid setting of ``cfg``."""
-    names = {**FIELD_NAMES, **(names or {})}
-
+def validate_sample(cfg: SampleConfig, *, where: str = "sample") -> None:
+    """Refuse the first setting of a sampler config that cannot run, in one line naming it by its config path
+    (``sample.steps``; ``where`` is the prefix)."""
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            raise bad(names[field], getattr(cfg, field), expected)
+            raise bad(f"{where}.{field}", getattr(cfg, field), expected)
 
     need(cfg.solver in SOLVERS, "solver", f"one of {sorted(SOLVERS)}")
     need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1")
     need(0 < cfg.sigma_min < math.inf, "sigma_min", "a finite number > 0")
-    need(cfg.sigma_min <= cfg.sigma_max < math.inf, "sigma_max", f"a finite number >= sigma_min ({cfg.sigma_min})")
+    need(cfg.sigma_min <= cfg.sigma_max < math.inf, "sigma_max",
+         f"a finite number >= {where}.sigma_min ({cfg.sigma_min})")
     need(0 < cfg.rho < math.inf, "rho", "a finite number > 0")
     need(0 <= cfg.S_churn < math.inf, "S_churn", "a finite number >= 0")
     need(cfg.S_min >= 0, "S_min", "a number >= 0")
-    need(cfg.S_max >= cfg.S_min, "S_max", f"a number >= S_min ({cfg.S_min})")
+    need(cfg.S_max >= cfg.S_min, "S_max", f"a number >= {where}.S_min ({cfg.S_min})")
     need(0 <= cfg.S_noise < math.inf, "S_noise", "a finite number >= 0")
     need(isinstance(cfg.batch, int) and cfg.batch >= 1, "batch", "an integer >= 1")
+    check_device_name(cfg.device, f"{where}.device")
 
 
 def _denoiser_device(denoiser, fallback: str) -> torch.device:
     if isinstance(denoiser, torch.nn.Module):
         for t in (*denoiser.parameters(), *denoiser.buffers()):
             return t.device
-    return resolve_device(fallback)
+    return resolve_device(fallback, "sample.device")
 
 
 def _image_shape(denoiser) -> tuple[int, int, int]:
@@ -78,7 +74,7 @@ def sample_seeds(
     generator seeded with ``seeds[k]``, in that order, so the result for one seed does not depend on
     the other seeds in the batch.
     """
-    check_sample_config(cfg)
+    validate_sample(cfg)
     shape = _image_shape(denoiser)
     device = _denoiser_device(denoiser, cfg.device)
     noise = SeedNoise(seeds)
@@ -160,7 +156,7 @@ def generate(
     Returned labels are the ones sampled with (−1 for an unconditional denoiser). Sample k depends
     only on its seed and ``cfg`` (not on ``cfg.batch``).
     """
-    check_sample_config(cfg)
+    validate_sample(cfg)
     shape = _image_shape(denoiser)
     labels, classes = check_request(n, seed, int(getattr(denoiser, "label_dim", 0) or 0), labels, classes)
 

@@ -211,5 +211,6 @@ def sample_optimum(
     progress: bool = False,
 ) -> ImageSet:
     """``n`` samples of the closed-form optimum of a dataset (:func:`dataset_optimum`), labels drawn per seed."""
-    denoiser, classes = dataset_optimum(train, label_classes, dtype=dtype, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device, "sample.device")
+    denoiser, classes = dataset_optimum(train, label_classes, dtype=dtype, device=device)
     return generate(denoiser, n, seed, cfg, classes=classes, progress=progress)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, to_jsonable, write_manifest
+from diffmem.artefacts import atomic_write_json, check_resumable, config_hash, dir_lock, to_jsonable, write_manifest
 from diffmem.config import EMMConfig, to_dict
+from diffmem.data.build import validate_data
 from diffmem.data.sources import absolute_spec
 from diffmem.errors import bad
 from diffmem.progress import progress_bar
@@ -159,7 +160,7 @@ def best_of_run(rows: list[dict[str, Any]], repeat: int) -> RepeatResult:
 
 def _check_out(out: Path, cfg: EMMConfig, synthetic: SyntheticCurve | None) -> dict[str, Any]:
     ident = {"emm": to_dict(cfg), "synthetic": to_dict(synthetic) if synthetic else None}
-    check_resumable(out, ident, "an EMM search", keep=("jobs", ".lock"))
+    check_resumable(out, config_hash(ident), "an EMM search", keep=("jobs", ".lock"))
     return ident
 
 
@@ -197,7 +198,7 @@ def run_emm(
     """Find the EMM of ``cfg`` (or the ratios at ``cfg.sizes``), resuming whatever ``out`` already holds."""
     t0 = time.perf_counter()
     out = Path(out)
-    validate(cfg)
+    validate_emm(cfg)
     ident = _check_out(out, cfg, synthetic)
     with dir_lock(out):
         return _run(cfg, out, ident, t0, backend=backend, jobs_root=jobs_root, synthetic=synthetic,
@@ -309,19 +310,32 @@ def next_trainings(cfg: EMMConfig, runs: dict[int, dict[int, RepeatResult]]) -> 
             and len(runs[s]) < cfg.repeats + cfg.refine_repeats]
 
 
-def validate(cfg: EMMConfig) -> None:
-    """Refuse an EMM config that cannot run, naming the field and what is expected (before any work)."""
+def validate_emm(cfg: EMMConfig) -> None:
+    """Refuse an EMM config that cannot run, before any work: its own fields and every stage's config (``data``,
+    ``model``, ``train``, ``sample``, ``measure``), each in one line naming the field by its config path and what is
+    expected. What needs the data is checked as far as the config tells it (the model's resolution levels against
+    ``data.resolution`` when it is given, the |D|-dependent EMA rule at the sizes the search can measure first) and
+    again at the start of each job."""
+    # the stages' rules live with their stages (torch): imported when a search is checked, not with the parser
+    from diffmem.measure import validate_measure
+    from diffmem.nn import validate_model
+    from diffmem.sample import validate_sample
+    from diffmem.train.validate import validate_train
+
     if not 0 < cfg.epsilon < 1:
         raise bad("epsilon", cfg.epsilon, "a number in (0, 1)")
     if cfg.n_samples < 1:
         raise bad("n_samples", cfg.n_samples, "an integer ≥ 1")
     if cfg.repeats < 1:
         raise bad("repeats", cfg.repeats, "an integer ≥ 1")
-    if cfg.measure.copying_cells < 0:
-        raise bad("measure.copying_cells", cfg.measure.copying_cells,
-                  "a number of k-means cells ≥ 1, or 0 for the default")
-    if cfg.measure.copying_tau is not None and not 0 < cfg.measure.copying_tau <= 1:
-        raise bad("measure.copying_tau", cfg.measure.copying_tau, "the fraction of samples a cell needs, in (0, 1]")
+    if cfg.parallel < 1:
+        raise bad("parallel", cfg.parallel, "an integer ≥ 1")
+    if not cfg.grid_factor > 1:
+        raise bad("grid_factor", cfg.grid_factor, "a ratio > 1 between neighbouring sizes of the grid")
+    if not cfg.bracket_factor > 1:
+        raise bad("bracket_factor", cfg.bracket_factor, "a ratio > 1 at which the bracket is narrow enough")
+    if cfg.sample_seed < 0:
+        raise bad("sample_seed", cfg.sample_seed, "an integer ≥ 0")
     if cfg.heldout < 0:
         raise bad("heldout", cfg.heldout, "a number of held-out images ≥ 0 (0 = no held-out baseline)")
     if cfg.refine_repeats < 0:
@@ -332,6 +346,13 @@ def validate(cfg: EMMConfig) -> None:
         raise bad("size_min, size_max", [cfg.size_min, cfg.size_max], "1 ≤ size_min ≤ size_max")
     if cfg.frontier:
         _validate_frontier(cfg)
+    validate_data(cfg.data)
+    model = cfg.model if cfg.data.resolution is None else dataclasses.replace(cfg.model, resolution=cfg.data.resolution)
+    validate_model(model, resolution=cfg.data.resolution is not None)
+    for size in cfg.sizes or (cfg.size_min, cfg.size_max):
+        validate_train(cfg.train, size)
+    validate_sample(cfg.sample)
+    validate_measure(cfg.measure)
 
 
 def _validate_frontier(cfg: EMMConfig) -> None:

@@ -247,6 +247,7 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     from diffmem.sweep.lineage import start_from_shorter  # lineage imports this module
     from diffmem.train import train
     from diffmem.train.checkpoints import list_snapshots, load_denoiser
+    from diffmem.train.loop import resolve_configs
 
     c = spec.config
     data_cfg = from_dict(DataConfig, c["data"], "job.data")
@@ -255,9 +256,10 @@ def _train_job(spec: JobSpec, directory: Path) -> list[dict[str, Any]]:
     sample_cfg = from_dict(SampleConfig, c["sample"], "job.sample")
     measure_cfg = from_dict(MeasureConfig, c["measure"], "job.measure")
     n, seed = int(c["n_samples"]), int(c["sample_seed"])
-    device = resolve_device(sample_cfg.device)
+    device = resolve_device(sample_cfg.device, "sample.device")
 
     data_dir = build_dataset(data_cfg, directory / "dataset")
+    resolve_configs(data_dir, model_cfg, train_cfg)  # what the config alone could not tell, checked against the data
     train_set, label_classes = load_dataset(data_dir)
     classes = present_classes(train_set.labels) if label_classes else None
     n_heldout = int(c.get("heldout", 0))

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmem.artefacts import atomic_write_json, check_resumable, dir_lock, write_manifest
-from diffmem.config import EMMConfig, StudyConfig, replace_path, to_dict
+from diffmem.artefacts import atomic_write_json, check_resumable, config_hash, dir_lock, write_manifest
+from diffmem.config import EMMConfig, StudyConfig, replace_fields, replace_path, to_dict
 from diffmem.errors import UsageError, bad
 from diffmem.sweep.backends import Backend, LocalBackend
-from diffmem.sweep.emm import EMMResult, run_emm
+from diffmem.sweep.emm import EMMResult, run_emm, validate_emm
 from diffmem.sweep.synthetic import SyntheticCurve
 from diffmem.sweep.table import write_table
 
@@ -127,9 +127,7 @@ def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(cfg.factors[n] for n in names)):
         factors = dict(zip(names, combo))
-        emm_cfg = cfg.base
-        for path, v in {**value_fields(factors), **derived_fields(cfg, factors)}.items():
-            emm_cfg = replace_path(emm_cfg, path, v)
+        emm_cfg = replace_fields(cfg.base, {**value_fields(factors), **derived_fields(cfg, factors)})
         slug = value_slug(factors)
         if slug in seen:
             raise UsageError(f"factors: {value_label(seen[slug])!r} and {value_label(factors)!r} would share the "
@@ -137,6 +135,18 @@ def expand(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
         seen[slug] = factors
         out.append((factors, emm_cfg))
     return out
+
+
+def validate_study(cfg: StudyConfig) -> list[tuple[dict[str, Any], EMMConfig]]:
+    """Every factor value's EMM config (:func:`expand`), each validated before any work (:func:`validate_emm`); a
+    refusal names the value, then the field by its config path. Returns the plan."""
+    plan = expand(cfg)
+    for factors, emm_cfg in plan:
+        try:
+            validate_emm(emm_cfg)
+        except UsageError as e:
+            raise UsageError(f"value {value_label(factors)}: {e}") from e
+    return plan
 
 
 def run_study(
@@ -150,9 +160,9 @@ def run_study(
     """Run (or resume) the study ``cfg`` in ``out``."""
     t0 = time.perf_counter()
     out = Path(out)
-    plan = expand(cfg)
+    plan = validate_study(cfg)
     ident = {"study": to_dict(cfg), "synthetic": {k: to_dict(v) for k, v in (synthetic or {}).items()} or None}
-    check_resumable(out, ident, "a study", keep=("jobs", "values", ".lock"))
+    check_resumable(out, config_hash(ident), "a study", keep=("jobs", "values", ".lock"))
     backend = backend or LocalBackend()
     with dir_lock(out):
         atomic_write_json(out / "config.json", to_dict(cfg))

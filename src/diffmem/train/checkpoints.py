@@ -28,7 +28,9 @@ from safetensors.torch import save as st_save
 from diffmem import __version__
 from diffmem.artefacts import atomic_write_bytes, to_jsonable
 from diffmem.config import ModelConfig, from_dict
-from diffmem.errors import UsageError
+from diffmem.errors import UsageError, bad
+from diffmem.nn import build_denoiser
+from diffmem.nn.unet import NETWORK_LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +63,17 @@ def _own(t: torch.Tensor) -> torch.Tensor:
     return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and ``meta`` (JSON values; the digest and version added) as one safetensors file, whole."""
     tensors = {k: _own(v) for k, v in tensors.items()}
     meta = {**meta, "digest": tensor_digest(tensors), "version": __version__}
     text_meta = {k: v if isinstance(v, str) else json.dumps(to_jsonable(v)) for k, v in meta.items()}
     atomic_write_bytes(path, st_save(tensors, metadata=text_meta))
 
 
-def _read(path: Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file of format ``fmt``; damaged or foreign files are refused."""
+def read_tensors(path: Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file :func:`write_tensors` wrote with format ``fmt``; damaged or foreign
+    files are refused in one line that calls it ``what``."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -82,7 +86,7 @@ def _read(path: Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dic
         raise UsageError(f"{path}: damaged or not a safetensors file ({e.__class__.__name__}); "
                          f"expected a diffmem {what}") from e
     if meta.get("format") != fmt:
-        raise UsageError(f"{path}: format {meta.get('format')!r} is not valid; expected a diffmem {what} ({fmt!r})")
+        raise bad(str(path), meta.get("format"), f"a diffmem {what} ({fmt!r})", shown=f"format {meta.get('format')!r}")
     if meta.get("digest") != tensor_digest(tensors):
         raise UsageError(f"{path}: damaged (its tensors do not match their SHA-256 digest); "
                          f"expected an intact {what}")
@@ -95,10 +99,8 @@ def _read(path: Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dic
 
 def save_denoiser(path: str | os.PathLike, denoiser: torch.nn.Module, cfg: ModelConfig, **meta: Any) -> None:
     """Write ``denoiser``'s weights and ``cfg`` (JSON metadata) to ``path`` atomically."""
-    from diffmem.nn.unet import NETWORK_LAYOUT
-
-    _write(Path(path), dict(denoiser.state_dict()),
-           {"format": SNAPSHOT_FORMAT, "config": cfg, "network_layout": NETWORK_LAYOUT, **meta})
+    write_tensors(Path(path), dict(denoiser.state_dict()),
+                  {"format": SNAPSHOT_FORMAT, "config": cfg, "network_layout": NETWORK_LAYOUT, **meta})
 
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[float, Path]]:
@@ -110,39 +112,37 @@ def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[float, Path]]:
     return sorted(out)
 
 
-def _resolve(path: Path, snapshot_kimg: float | None) -> Path:
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise UsageError(f"--run: {str(path)!r} does not exist; expected a run directory or a .safetensors file")
+def _resolve(run: Path, snapshot_kimg: float | None) -> Path:
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise UsageError(f"run: {str(run)!r} does not exist; expected a run directory or a .safetensors file")
     if snapshot_kimg is None:
-        if (path / FINAL_FILE).is_file():
-            return path / FINAL_FILE
-        snaps = list_snapshots(path)
-        raise UsageError(f"--run: {str(path)!r} has no {FINAL_FILE} (the run is not finished); "
-                         f"choose one of its {len(snaps)} snapshots with --snapshot KIMG")
-    snaps = list_snapshots(path)
+        if (run / FINAL_FILE).is_file():
+            return run / FINAL_FILE
+        snaps = list_snapshots(run)
+        raise UsageError(f"run: {str(run)!r} has no {FINAL_FILE} (the run is not finished); "
+                         f"choose one of its {len(snaps)} snapshots with snapshot_kimg")
+    snaps = list_snapshots(run)
     if not snaps:
-        raise UsageError(f"--snapshot: {str(path)!r} has no snapshots in {SNAPSHOT_DIR}/; expected a run directory")
+        raise UsageError(f"snapshot_kimg: {str(run)!r} has no snapshots in {SNAPSHOT_DIR}/; expected a run directory")
     return min(snaps, key=lambda kp: (abs(kp[0] - snapshot_kimg), kp[0]))[1]
 
 
 def load_denoiser(
-    path: str | os.PathLike,
+    run: str | os.PathLike,
     snapshot_kimg: float | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, ModelConfig]:
-    """Rebuild a denoiser (eval mode) from a snapshot file, or from a run dir (final or nearest snapshot)."""
-    from diffmem.nn import build_denoiser
-    from diffmem.nn.unet import NETWORK_LAYOUT
-
-    file = _resolve(Path(path), snapshot_kimg)
-    tensors, meta = _read(file, SNAPSHOT_FORMAT, "denoiser snapshot")
+    """Rebuild a denoiser (eval mode) from a snapshot file ``run``, or from a run dir (its final weights, or the
+    snapshot nearest ``snapshot_kimg``)."""
+    file = _resolve(Path(run), snapshot_kimg)
+    tensors, meta = read_tensors(file, SNAPSHOT_FORMAT, "denoiser snapshot")
     layout = meta.get("network_layout", "1")
     if layout != str(NETWORK_LAYOUT):
-        raise UsageError(f"{file}: network layout {layout} is not valid; expected layout {NETWORK_LAYOUT} (the "
-                         "snapshot was written by an earlier diffmem whose networks compute a different function "
-                         "from the same weights; train it again)")
+        raise bad(str(file), layout, f"layout {NETWORK_LAYOUT} (the snapshot was written by an earlier diffmem whose "
+                  "networks compute a different function from the same weights; train it again)",
+                  shown=f"network layout {layout}")
     try:
         cfg = from_dict(ModelConfig, json.loads(meta["config"]), where=f"{file}: config")
     except (KeyError, ValueError) as e:
@@ -176,7 +176,7 @@ def save_state(
     for i, st in optimizer.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
-    _write(Path(path), tensors, {"format": STATE_FORMAT, "step": step, "nimg": nimg, "config_hash": config_hash})
+    write_tensors(Path(path), tensors, {"format": STATE_FORMAT, "step": step, "nimg": nimg, "config_hash": config_hash})
 
 
 def load_state(
@@ -188,7 +188,7 @@ def load_state(
     config_hash: str,
 ) -> tuple[int, int]:
     """Load a state written by :func:`save_state` into the given objects; returns (step, nimg)."""
-    tensors, meta = _read(Path(path), STATE_FORMAT, "training state")
+    tensors, meta = read_tensors(Path(path), STATE_FORMAT, "training state")
     if meta.get("config_hash") != config_hash:
         raise UsageError(f"{path}: belongs to a run of a different config; expected config hash {config_hash}")
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}

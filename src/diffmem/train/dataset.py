@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffmem.artefacts import array_hash
+from diffmem.data import load_dataset
 from diffmem.errors import UsageError
 from diffmem.seeds import TRAIN_DATA_ORDER
 
@@ -39,19 +40,17 @@ def load_training_data(path: str | Path) -> TrainingData:
     The model is conditional iff the data has labels: ``label_classes`` > 0 in the manifest, or, where
     no manifest says so, labels ≥ 0 (then max(label) + 1 classes).
     """
-    from diffmem.data import load_dataset
-
     path = Path(path)
     s, label_classes = load_dataset(path)
     images, labels = s.images, s.labels
     n, c, h, w = images.shape
     if h != w:
-        raise UsageError(f"--data: {path} holds {h}×{w} images; expected square images")
+        raise UsageError(f"data: {path} holds {h}×{w} images; expected square images")
     label_dim = int(label_classes)
     if label_dim:
         if labels is None or labels.min() < 0 or labels.max() >= label_dim:
             bad = "none" if labels is None else f"{int(labels.min())}..{int(labels.max())}"
-            raise UsageError(f"--data: {path} has labels {bad}; expected every label in 0..{label_dim - 1}")
+            raise UsageError(f"data: {path} has labels {bad}; expected every label in 0..{label_dim - 1}")
         labels = labels.astype(np.int64)
     else:
         labels = None

@@ -21,7 +21,7 @@ import copy
 import torch
 
 from diffmem.config import TrainConfig
-from diffmem.train.schedule import epochs_to_nimg
+from diffmem.train.schedule import duration_nimg
 
 EMA_MODES = ("constant", "halflife", "compensated", "final")
 HALFLIFE_MODES = ("halflife", "compensated", "final")
@@ -30,29 +30,27 @@ REFERENCE_BATCH = 512  # the literal batch of the compensated mode
 FINAL_HALFLIFE_NIMG = 500_000  # half-life whose per-step decay the final mode divides out
 
 
-def ema_halflife_nimg(train: TrainConfig, n_images: int) -> float:
+def ema_halflife_nimg(cfg: TrainConfig, n_images: int) -> float:
     """The EMA half-life before ramp-up, in images (``ema_halflife_kimg``, or ``ema_halflife_epochs`` as whole kimg)."""
-    if train.ema_halflife_kimg is not None:
-        return train.ema_halflife_kimg * 1000
-    return float(epochs_to_nimg(train.ema_halflife_epochs or 0.0, n_images))
+    return duration_nimg(cfg.ema_halflife_kimg, cfg.ema_halflife_epochs, n_images)
 
 
-def ema_beta(train: TrainConfig, nimg: int, batch: int, n_images: int) -> float:
+def ema_beta(cfg: TrainConfig, nimg: int, batch: int, n_images: int) -> float:
     """The decay β of the EMA update after the step that starts after ``nimg`` images (see the module doc)."""
-    if train.ema_mode == "constant":
-        return float(train.ema_decay or 0.0)
-    h = ema_halflife_nimg(train, n_images)
-    if train.ema_rampup_ratio is not None:
-        h = min(h, nimg * train.ema_rampup_ratio)
+    if cfg.ema_mode == "constant":
+        return float(cfg.ema_decay or 0.0)
+    h = ema_halflife_nimg(cfg, n_images)
+    if cfg.ema_rampup_ratio is not None:
+        h = min(h, nimg * cfg.ema_rampup_ratio)
     h = max(h, 1e-8)
-    if train.ema_mode == "halflife":
+    if cfg.ema_mode == "halflife":
         return 0.5 ** (batch / h)
     rho = REFERENCE_SIZE / n_images  # the data ratio
-    if train.ema_mode == "compensated":
+    if cfg.ema_mode == "compensated":
         return 0.5 ** (REFERENCE_BATCH / h / rho)
-    if train.ema_mode == "final":
-        return train.ema_decay / 0.5 ** (batch / FINAL_HALFLIFE_NIMG) * 0.5 ** (batch / h / rho)
-    raise ValueError(f"ema_mode {train.ema_mode!r}")
+    if cfg.ema_mode == "final":
+        return cfg.ema_decay / 0.5 ** (batch / FINAL_HALFLIFE_NIMG) * 0.5 ** (batch / h / rho)
+    raise ValueError(f"ema_mode {cfg.ema_mode!r}")
 
 
 def make_ema(model: torch.nn.Module) -> torch.nn.Module:

@@ -27,9 +27,17 @@ from pathlib import Path
 
 from diffmem import artefacts
 from diffmem.config import ModelConfig, TrainConfig
-from diffmem.errors import UsageError
-from diffmem.train.checkpoints import SNAPSHOT_DIR, STATE_FILE, STATE_FORMAT, _read, _write, list_snapshots
-from diffmem.train.loop import STATS_FILE, _crossed, _first_difference, _prepare_run_dir, resolve_configs, run_identity
+from diffmem.errors import UsageError, bad
+from diffmem.train.checkpoints import (
+    SNAPSHOT_DIR,
+    STATE_FILE,
+    STATE_FORMAT,
+    list_snapshots,
+    read_tensors,
+    write_tensors,
+)
+from diffmem.train.loop import STATS_FILE, locked_run_dir, prepare_run_dir, resolve_configs, run_identity
+from diffmem.train.schedule import step_crosses
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +63,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
 
 
-def extend_run(src: str | os.PathLike, dst: str | os.PathLike, data: str | os.PathLike, model: ModelConfig,
-               train: TrainConfig) -> Path:
-    """Start the run ``train`` (``kimg`` longer than the finished run ``src``'s) in ``dst`` from ``src``.
+def extend_run(src: str | os.PathLike, dst: str | os.PathLike, data: str | os.PathLike, model_cfg: ModelConfig,
+               train_cfg: TrainConfig) -> Path:
+    """Start the run ``train_cfg`` (``kimg`` longer than the finished run ``src``'s) in ``dst`` from ``src``.
 
     ``dst`` must be new, or a run directory of exactly this config that holds no training state yet
     (an extension interrupted before its state was written); a ``dst`` that already holds a state or
@@ -66,36 +74,36 @@ def extend_run(src: str | os.PathLike, dst: str | os.PathLike, data: str | os.Pa
     src, dst = Path(src), Path(dst)
     m = artefacts.read_manifest(src)
     if m is None or m.get("stage") != "run" or m.get("status") != "complete":
-        raise UsageError(f"--extend: {str(src)!r} is not a finished run directory; expected a complete run to extend")
+        raise UsageError(f"src: {str(src)!r} is not a finished run directory; expected a complete run to extend")
     old = m.get("config") or {}
     old_kimg = (old.get("train") or {}).get("kimg")
-    if train.kimg is None or train.epochs is not None or old_kimg is None:
-        raise UsageError(f"train.kimg: {train.kimg!r} is not valid to extend {str(src)!r}; expected both runs' "
-                         "durations in kimg")
-    if not train.kimg > old_kimg:
-        raise UsageError(f"train.kimg: {train.kimg:g} is not valid to extend {str(src)!r} ({old_kimg:g} kimg); "
-                         "expected a longer duration")
-    _, _, resolved = resolve_configs(Path(data), model, train)
+    if train_cfg.kimg is None or train_cfg.epochs is not None or old_kimg is None:
+        raise bad("train.kimg", train_cfg.kimg, f"a duration in kimg to extend {str(src)!r} (both runs' durations "
+                  "in kimg)")
+    if not train_cfg.kimg > old_kimg:
+        raise bad("train.kimg", train_cfg.kimg, f"a longer duration than the {old_kimg:g} kimg of {str(src)!r}")
+    _, _, resolved = resolve_configs(Path(data), model_cfg, train_cfg)
     new = artefacts.to_jsonable(resolved)
     if _without_duration(old) != _without_duration(new):
-        diff = _first_difference(_without_duration(old), _without_duration(new))
-        raise UsageError(f"--extend: {str(src)!r} is a run of a different config ({diff}); only train.kimg may differ")
+        diff = artefacts.first_difference(_without_duration(old), _without_duration(new))
+        raise UsageError(f"src: {str(src)!r} is a run of a different config ({diff}); only train.kimg may differ")
     ident = run_identity(resolved)
-    if (dst / STATE_FILE).exists() or _prepare_run_dir(dst, resolved, ident):
-        return dst  # already extended (or finished): train() resumes or returns
-    tensors, meta = _read(src / STATE_FILE, STATE_FORMAT, "training state")
-    steps = max(1, math.ceil(old_kimg * 1000 / train.batch - 1e-9))
-    if int(meta.get("step", -1)) != steps:
-        raise UsageError(f"{src / STATE_FILE}: holds step {meta.get('step')}; expected the run's last step {steps}")
-    # the snapshots of the shorter run that the longer one writes too (its last may be off the snapshot grid)
-    nimg = steps * train.batch
-    for kimg, path in list_snapshots(src):
-        if kimg * 1000 < nimg - 0.5 or _crossed(nimg, train.batch, train.snapshot_kimg):
-            _link_or_copy(path, dst / SNAPSHOT_DIR / path.name)
-    if (src / STATS_FILE).exists():
-        artefacts.atomic_write_bytes(dst / STATS_FILE, (src / STATS_FILE).read_bytes())
-    # the state last: once it is there, the extension is whole and train() resumes from it
-    _write(dst / STATE_FILE, tensors, {k: v for k, v in meta.items() if k not in ("digest", "version")}
-           | {"config_hash": ident})
-    log.info("extending %s (%g kimg) into %s (%g kimg) from step %d", src, old_kimg, dst, train.kimg, steps)
+    with locked_run_dir(dst):
+        if (dst / STATE_FILE).exists() or prepare_run_dir(dst, resolved, ident):
+            return dst  # already extended (or finished): train() resumes or returns
+        tensors, meta = read_tensors(src / STATE_FILE, STATE_FORMAT, "training state")
+        steps = max(1, math.ceil(old_kimg * 1000 / train_cfg.batch - 1e-9))
+        if int(meta.get("step", -1)) != steps:
+            raise UsageError(f"{src / STATE_FILE}: holds step {meta.get('step')}; expected the run's last step {steps}")
+        # the snapshots of the shorter run that the longer one writes too (its last may be off the snapshot grid)
+        nimg = steps * train_cfg.batch
+        for kimg, path in list_snapshots(src):
+            if kimg * 1000 < nimg - 0.5 or step_crosses(nimg, train_cfg.batch, train_cfg.snapshot_kimg):
+                _link_or_copy(path, dst / SNAPSHOT_DIR / path.name)
+        if (src / STATS_FILE).exists():
+            artefacts.atomic_write_bytes(dst / STATS_FILE, (src / STATS_FILE).read_bytes())
+        # the state last: once it is there, the extension is whole and train() resumes from it
+        write_tensors(dst / STATE_FILE, tensors, {k: v for k, v in meta.items() if k not in ("digest", "version")}
+                      | {"config_hash": ident})
+    log.info("extending %s (%g kimg) into %s (%g kimg) from step %d", src, old_kimg, dst, train_cfg.kimg, steps)
     return dst

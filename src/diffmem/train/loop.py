@@ -8,11 +8,13 @@ exactly the draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,8 +22,8 @@ import torch
 from diffmem import artefacts, seeds
 from diffmem.config import ModelConfig, TrainConfig
 from diffmem.devices import exact_float32, resolve_device
-from diffmem.errors import RunError, UsageError
-from diffmem.nn import build_denoiser, validate_model_config
+from diffmem.errors import RunError
+from diffmem.nn import build_denoiser, validate_model
 from diffmem.progress import progress_bar
 from diffmem.runtime import intra_op_threads, tune_allocator
 from diffmem.train import distributed as dist
@@ -34,56 +36,34 @@ from diffmem.train.checkpoints import (
     save_state,
     snapshot_name,
 )
-from diffmem.train.dataset import DataOrder, derive_seed, load_training_data
+from diffmem.train.dataset import DataOrder, TrainingData, derive_seed, load_training_data
 from diffmem.train.ema import EMAUpdater, ema_beta, make_ema
 from diffmem.train.flat import FlatAdam, FlatEMA, flatten_parameters
 from diffmem.train.losses import sample_sigma
-from diffmem.train.schedule import learning_rate, validate_schedules
+from diffmem.train.schedule import learning_rate, step_crosses
 from diffmem.train.step import TrainStep, compile_module, step_gflop, step_threads
+from diffmem.train.validate import validate_train
 
 log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
 CONFIG_FILE = "config.json"
+LOCK_FILE = artefacts.LOCK_FILE
 _NOISE, _DROPOUT, _INIT = seeds.TRAIN_NOISE, seeds.TRAIN_DROPOUT, seeds.TRAIN_INIT  # purposes of derived seeds
 
 
-def resolve_configs(data_path: Path, model: ModelConfig, train: TrainConfig):
-    """(training data, resolved model config, resolved run config dict) — model shape from the data."""
+def resolve_configs(data_path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, processes: int = 1):
+    """(training data, resolved model config, resolved run config dict): the model's shape from the data, both
+    configs validated against it (``processes``: the processes the batch is split among)."""
     data = load_training_data(data_path)
     _, c, r, _ = data.images.shape
-    model = dataclasses.replace(model, resolution=int(r), in_channels=int(c), label_dim=data.label_dim)
-    validate_model_config(model)
-    validate_train_config(train, len(data))
-    resolved = {"model": model, "train": train,
+    model_cfg = dataclasses.replace(model_cfg, resolution=int(r), in_channels=int(c), label_dim=data.label_dim)
+    validate_model(model_cfg)
+    validate_train(train_cfg, len(data), processes=processes)
+    resolved = {"model": model_cfg, "train": train_cfg,
                 "data": {"path": str(data_path), "hash": data.data_hash, "images": len(data),
                          "label_dim": data.label_dim}}
-    return data, model, resolved
-
-
-def validate_train_config(t: TrainConfig, n_images: int) -> None:
-    """Refuse a training config that cannot run, naming the option and what is expected."""
-    _, size, _ = dist.world()
-    if (t.kimg is None) == (t.epochs is None):
-        raise UsageError(f"--kimg/--epochs: kimg={t.kimg}, epochs={t.epochs}; expected exactly one of them")
-    duration = t.kimg if t.kimg is not None else t.epochs
-    if not (math.isfinite(duration) and duration > 0):
-        raise UsageError(f"--kimg/--epochs: {duration} is not valid; expected a positive, finite duration")
-    if t.batch < 1 or t.batch % size:
-        raise UsageError(f"--batch: {t.batch} is not valid; expected a positive multiple of the {size} processes")
-    per_rank = t.batch // size
-    if t.batch_per_device is not None and (t.batch_per_device < 1 or per_rank % t.batch_per_device):
-        raise UsageError(f"--batch-per-device: {t.batch_per_device} is not valid; expected a divisor of the "
-                         f"{per_rank} images per process (batch {t.batch} / {size} processes)")
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise UsageError(f"--lr: {t.lr} is not valid; expected a positive, finite learning rate")
-    if t.precision not in ("fp32", "bf16"):
-        raise UsageError(f"--precision: {t.precision!r} is not valid; expected fp32 or bf16")
-    for name in ("snapshot_kimg", "log_kimg", "state_kimg"):
-        v = getattr(t, name)
-        if v is not None and v <= 0:
-            raise UsageError(f"--{name.replace('_', '-')}: {v} is not valid; expected a positive number of kimg")
-    validate_schedules(t, n_images)
+    return data, model_cfg, resolved
 
 
 def run_identity(resolved: dict) -> str:
@@ -94,32 +74,45 @@ def run_identity(resolved: dict) -> str:
     return artefacts.config_hash(ident)
 
 
-def _prepare_run_dir(run: Path, resolved: dict, ident: str) -> bool:
-    """Check or create the run dir; returns True when it already holds the complete run."""
-    m = artefacts.read_manifest(run)
+RUN_WHAT = "a training run"  # what a run directory is called in refusals
+
+
+def check_run_dir(run: Path, resolved: dict, ident: str) -> dict | None:
+    """The manifest of ``run`` when it holds this run (finished or not), None when it is new or empty (but for its
+    lock and what a killed run was writing); anything else is refused (:func:`diffmem.artefacts.check_resumable`,
+    naming the first field of another config)."""
+    temps = tuple(p.name for p in run.iterdir() if artefacts.is_temporary(p.name)) if run.is_dir() else ()
+    return artefacts.check_resumable(run, ident, RUN_WHAT, key="run_identity", stage="run", config=resolved,
+                                     keep=(LOCK_FILE, *temps), option="run")
+
+
+def prepare_run_dir(run: Path, resolved: dict, ident: str) -> bool:
+    """Check ``run`` (:func:`check_run_dir`) and, when it is new, write its resolved config and a manifest that says
+    running, before any work; returns True when it already holds the complete run."""
+    m = check_run_dir(run, resolved, ident)
     if m is not None:
-        if m.get("stage") != "run":
-            raise UsageError(f"--out: {str(run)!r} holds a {m.get('stage')!r} artefact; expected a run directory")
-        if m.get("run_identity") != ident:
-            old = m.get("config", {})
-            diff = _first_difference(old, artefacts.to_jsonable(resolved))
-            raise UsageError(f"--out: {str(run)!r} holds a run of a different config ({diff}); "
-                             "choose a new directory or repeat the original options")
         return m.get("status") == "complete"
-    if run.exists() and (not run.is_dir() or any(p.name != ".lock" for p in run.iterdir())):  # .lock: the CLI holds it
-        raise UsageError(f"--out: {str(run)!r} exists and is not a diffmem run; choose a new directory")
-    run.mkdir(parents=True, exist_ok=True)
     artefacts.atomic_write_json(run / CONFIG_FILE, resolved)  # the resolved config, before any work
     artefacts.write_manifest(run, "run", resolved, status="running", run_identity=ident)
     return False
 
 
-def _first_difference(a, b, where: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-    return f"{where or 'config'}: {json.dumps(a)} there vs {json.dumps(b)} now"
+@contextlib.contextmanager
+def locked_run_dir(run: Path) -> Iterator[None]:
+    """Hold the lock on the run directory while the block runs (another process that asks for it is refused) and
+    remove the temporaries a killed run left there first; a directory made only for the lock is removed again when
+    the block fails before anything else was written into it."""
+    made = not run.exists()
+    try:
+        with artefacts.dir_lock(run, "run"):
+            artefacts.remove_stale_temps(run)  # what a killed run was writing; the lock says no one else writes here
+            yield
+    except BaseException:
+        if made and run.is_dir() and [p.name for p in run.iterdir()] == [LOCK_FILE]:
+            with contextlib.suppress(OSError):
+                (run / LOCK_FILE).unlink()
+                run.rmdir()
+        raise
 
 
 def _truncate_stats(path: Path, step: int) -> None:
@@ -136,18 +129,11 @@ def _truncate_stats(path: Path, step: int) -> None:
     artefacts.atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
-def _crossed(nimg: int, batch: int, every_kimg: float | None) -> bool:
-    if every_kimg is None:
-        return False
-    every = every_kimg * 1000
-    return math.floor(nimg / every + 1e-9) > math.floor((nimg - batch) / every + 1e-9)
-
-
 def train(
-    data: Path,
-    run: Path,
-    model: ModelConfig,
-    train: TrainConfig,
+    data: str | Path,
+    run: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
     *,
     progress: bool = False,
     stop_after_steps: int | None = None,  # save the state and return early after this step (interruption)
@@ -156,12 +142,26 @@ def train(
     """Train a denoiser on the dataset at ``data`` into the run dir ``run`` (README.md, "Files"); returns ``run``.
 
     Resumes from ``run/state.safetensors`` when ``run`` holds an unfinished run of the same config,
-    returns at once when it holds the finished run, and refuses a run dir of a different config.
-    ``model.resolution``, ``in_channels`` and ``label_dim`` are taken from the data.
+    returns at once when it holds the finished run, and refuses a run dir of a different config (or anything
+    else but a new or empty directory). The configs are validated before anything is written; ``model_cfg``'s
+    ``resolution``, ``in_channels`` and ``label_dim`` are taken from the data. The run directory is locked while
+    training (a second process is refused), and temporaries a killed run left there are removed.
     """
     data, run = Path(data), Path(run)
     rank, size, local_rank = dist.world()
-    device = resolve_device(train.device)
+    td, model_cfg, resolved = resolve_configs(data, model_cfg, train_cfg, processes=size)
+    ident = run_identity(resolved)
+    if rank != 0:  # torchrun: rank 0 holds the lock and writes the run directory; the others only train
+        return _train_locked(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
+    check_run_dir(run, resolved, ident)  # refused before the directory is made for the lock
+    with locked_run_dir(run):
+        return _train_locked(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
+
+
+def _train_locked(run: Path, td: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig, resolved: dict,
+                  ident: str, progress: bool, stop_after_steps: int | None, threads: int | None) -> Path:
+    _, size, local_rank = dist.world()
+    device = resolve_device(train_cfg.device, "train.device")
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -169,40 +169,38 @@ def train(
     # training seeds torch's global generators (initial weights, dropout) and may set the intra-op threads;
     # the caller's states are restored
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), intra_op_threads(), \
-            exact_float32(train.precision == "fp32"):  # no TF32, as the reference
-        return _train(data, run, model, train, device, progress, stop_after_steps, threads)
+            exact_float32(train_cfg.precision == "fp32"):  # no TF32, as the reference
+        return _train(run, td, model_cfg, train_cfg, resolved, ident, device, progress, stop_after_steps, threads)
 
 
-def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device: torch.device, progress: bool,
-           stop_after_steps: int | None, threads: int | None) -> Path:
+def _train(run: Path, td: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig, resolved: dict, ident: str,
+           device: torch.device, progress: bool, stop_after_steps: int | None, threads: int | None) -> Path:
     rank, size, _ = dist.world()
     distributed = dist.init(device)
-    td, model, resolved = resolve_configs(data, model, train)
-    ident = run_identity(resolved)
-    done = _prepare_run_dir(run, resolved, ident) if rank == 0 else False
+    done = prepare_run_dir(run, resolved, ident) if rank == 0 else False
     done = dist.broadcast_flag(done, device)
     if done:
         log.info("%s already holds the complete run; nothing to do", run)
         return run
     dist.barrier()
 
-    B, N = train.batch, len(td)
+    B, N = train_cfg.batch, len(td)
     per_rank = B // size
-    total_nimg = train.kimg * 1000 if train.kimg is not None else train.epochs * N
+    total_nimg = train_cfg.kimg * 1000 if train_cfg.kimg is not None else train_cfg.epochs * N
     total_steps = max(1, math.ceil(total_nimg / B - 1e-9))
-    state_kimg = train.state_kimg or train.snapshot_kimg or max(B, total_steps * B // 10) / 1000
+    state_kimg = train_cfg.state_kimg or train_cfg.snapshot_kimg or max(B, total_steps * B // 10) / 1000
 
-    torch.manual_seed(derive_seed(train.seed, _INIT))  # the initial weights come from the seed
-    net = build_denoiser(model).to(device).train()
+    torch.manual_seed(derive_seed(train_cfg.seed, _INIT))  # the initial weights come from the seed
+    net = build_denoiser(model_cfg).to(device).train()
     ema = make_ema(net)
     if device.type == "cpu":  # one kernel per update, not one per tensor (bit-identical to the lines below)
         flat, ema_flat = flatten_parameters(net), flatten_parameters(ema)
-        opt = FlatAdam(list(net.parameters()), flat, lr=train.lr, betas=train.betas, eps=train.eps,
-                       weight_decay=train.weight_decay)
+        opt = FlatAdam(list(net.parameters()), flat, lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
+                       weight_decay=train_cfg.weight_decay)
         ema_update = FlatEMA(ema, ema_flat, net, flat)
     else:
-        opt = torch.optim.Adam(net.parameters(), lr=train.lr, betas=train.betas, eps=train.eps,
-                               weight_decay=train.weight_decay)  # coupled L2, as the reference study used
+        opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
+                               weight_decay=train_cfg.weight_decay)  # coupled L2, as the reference study used
         ema_update = EMAUpdater(ema, net)
     step = nimg = 0
     state_path = run / STATE_FILE
@@ -211,20 +209,21 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         log.info("resuming %s at step %d (%.3f kimg)", run, step, nimg / 1000)
     if rank == 0:
         _truncate_stats(run / STATS_FILE, step)
-    ddp = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    # the module called for the loss: the network, wrapped for DDP when distributed (and compiled when asked)
+    loss_net = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     if device.type == "cpu":
-        n_threads = step_threads(threads, step_gflop(net, model, per_rank), torch.get_num_threads())
+        n_threads = step_threads(threads, step_gflop(net, model_cfg, per_rank), torch.get_num_threads())
         torch.set_num_threads(n_threads)  # train() restores the caller's count
         log.info("training on %d intra-op thread(s)", n_threads)
-    if train.compile:
-        ddp = compile_module(ddp, device)
-    step_fn = TrainStep(ddp, list(net.parameters()), model, train, device, per_rank=per_rank,
+    if train_cfg.compile:
+        loss_net = compile_module(loss_net, device)
+    step_fn = TrainStep(loss_net, list(net.parameters()), model_cfg, train_cfg, device, per_rank=per_rank,
                         distributed=distributed)
 
     images = torch.as_tensor(td.images).to(device)
     labels = torch.as_tensor(td.labels).to(device) if td.labels is not None else None
-    order = DataOrder(N, B, train.seed, train.data_order)
-    log_kimg = train.log_kimg or max(B, total_steps * B // 100) / 1000
+    order = DataOrder(N, B, train_cfg.seed, train_cfg.data_order)
+    log_kimg = train_cfg.log_kimg or max(B, total_steps * B // 100) / 1000
     bar = None
     if progress and rank == 0:
         bar = progress_bar(total_steps, "train", "step", enabled=True, initial=step, leave=True)
@@ -233,10 +232,11 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         bad = [n for n, p in net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             raise RunError(f"weights became non-finite ({bad[0]}) at step {step}; the last good state is kept in "
-                           f"{state_path}; lower --lr or enable --grad-clip")
+                           f"{state_path}; lower train.lr or set train.grad_clip")
         if rank == 0:
             if snapshot:
-                save_denoiser(run / SNAPSHOT_DIR / snapshot_name(nimg / 1000), ema, model, kimg=nimg / 1000, step=step)
+                save_denoiser(run / SNAPSHOT_DIR / snapshot_name(nimg / 1000), ema, model_cfg, kimg=nimg / 1000,
+                              step=step)
             save_state(state_path, net, ema, opt, step=step, nimg=nimg, config_hash=ident)
         dist.barrier()
 
@@ -244,14 +244,14 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     while step < total_steps:
         # σ, noise and the batch of this step: all from (seed, step), for the global batch
         idx = torch.as_tensor(order.indices(step)[rank * per_rank:(rank + 1) * per_rank], device=device)
-        g = torch.Generator(device=device).manual_seed(derive_seed(train.seed, _NOISE, step))
+        g = torch.Generator(device=device).manual_seed(derive_seed(train_cfg.seed, _NOISE, step))
         u = torch.rand(B, generator=g, device=device, dtype=torch.float64)
         z = torch.randn(B, generator=g, device=device, dtype=torch.float64)
         noise = torch.randn((B, *td.images.shape[1:]), generator=g, device=device)
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
-        sigma, noise = sample_sigma(model, train, u[sl], z[sl]), noise[sl]
-        _seed_dropout(derive_seed(train.seed, _DROPOUT, step, rank), device)
-        lr = learning_rate(train, nimg, N)  # linear warm-up, on the images seen before this step
+        sigma, noise = sample_sigma(model_cfg, train_cfg, u[sl], z[sl]), noise[sl]
+        _seed_dropout(derive_seed(train_cfg.seed, _DROPOUT, step, rank), device)
+        lr = learning_rate(train_cfg, nimg, N)  # linear warm-up, on the images seen before this step
         for group in opt.param_groups:
             group["lr"] = lr
 
@@ -259,11 +259,11 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
         loss_value = float(dist.mean(loss_sum))
         if not math.isfinite(loss_value):
             raise RunError(f"loss is {loss_value} at step {step} ({nimg / 1000:.3f} kimg); stopped, the last good "
-                           f"state is kept in {state_path}; lower --lr or enable --grad-clip")
-        if train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), train.grad_clip)
+                           f"state is kept in {state_path}; lower train.lr or set train.grad_clip")
+        if train_cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
         opt.step()
-        ema_update(ema_beta(train, nimg, B, N))  # β from the images seen before this step, as the reference
+        ema_update(ema_beta(train_cfg, nimg, B, N))  # β from the images seen before this step, as the reference
         step += 1
         nimg += B
         log_loss, log_steps = log_loss + loss_value, log_steps + 1
@@ -272,7 +272,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
             bar.set_postfix(loss=f"{loss_value:.4f}", kimg=f"{nimg / 1000:.1f}", refresh=False)
 
         last = step == total_steps
-        if rank == 0 and (_crossed(nimg, B, log_kimg) or last):
+        if rank == 0 and (step_crosses(nimg, B, log_kimg) or last):
             dt = time.perf_counter() - t_log
             rec = {"step": step, "kimg": nimg / 1000, "epoch": nimg / N, "loss": log_loss / log_steps, "lr": lr,
                    "images_per_s": (nimg - nimg_log) / max(dt, 1e-9), "sec_per_kimg": dt * 1000 / (nimg - nimg_log),
@@ -280,8 +280,8 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
             with open(run / STATS_FILE, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             log_loss, log_steps, t_log, nimg_log = 0.0, 0, time.perf_counter(), nimg
-        snap = _crossed(nimg, B, train.snapshot_kimg) or (last and train.snapshot_kimg is not None)
-        if snap or _crossed(nimg, B, state_kimg) or last:
+        snap = step_crosses(nimg, B, train_cfg.snapshot_kimg) or (last and train_cfg.snapshot_kimg is not None)
+        if snap or step_crosses(nimg, B, state_kimg) or last:
             checkpoint(snap)
         if stop_after_steps is not None and step >= stop_after_steps and not last:
             checkpoint(False)
@@ -292,7 +292,7 @@ def _train(data: Path, run: Path, model: ModelConfig, train: TrainConfig, device
     if bar is not None:
         bar.close()
     if rank == 0:
-        save_denoiser(run / FINAL_FILE, ema, model, kimg=nimg / 1000, step=step)
+        save_denoiser(run / FINAL_FILE, ema, model_cfg, kimg=nimg / 1000, step=step)
         artefacts.write_manifest(run, "run", resolved, status="complete", run_identity=ident,
                                  steps=step, kimg=nimg / 1000, epochs=nimg / N)
     dist.barrier()

@@ -24,6 +24,7 @@ from diffmem.train.losses import per_sample_loss
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("fp32", "bf16")  # train.precision: float32 (no TF32 on GPUs), or bfloat16 autocast
 SMALL_STEP_GFLOP = 10.0  # a CPU step below this many GFLOP runs on one intra-op thread by default
 
 
@@ -100,15 +101,15 @@ class TrainStep:
         net: torch.nn.Module,                 # the module called for the loss (possibly DDP and/or compiled)
         params: list[torch.nn.Parameter],     # the trained parameters
         model: ModelConfig,
-        train: TrainConfig,
+        train_cfg: TrainConfig,
         device: torch.device,
         *,
         per_rank: int,                        # images per process and step
         distributed: bool,
     ) -> None:
-        self.net, self.params, self.model, self.train = net, params, model, train
+        self.net, self.params, self.model, self.train_cfg = net, params, model, train_cfg
         self.device, self.per_rank, self.distributed = device, per_rank, distributed
-        self.micro = train.batch_per_device or per_rank
+        self.micro = train_cfg.batch_per_device or per_rank
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor, sigma: torch.Tensor,
                  noise: torch.Tensor) -> torch.Tensor:
@@ -121,9 +122,9 @@ class TrainStep:
             lab = labels[j] if labels is not None else None
             last = k + self.micro >= self.per_rank
             with _no_sync(self.net) if self.distributed and not last else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.precision == "bf16"):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train_cfg.precision == "bf16"):
                     loss = per_sample_loss(self.net, y, sigma[k:k + self.micro], noise[k:k + self.micro], lab,
-                                           self.model, self.train.loss_norm)
+                                           self.model, self.train_cfg.loss_norm)
                 loss = loss.sum() / self.per_rank
                 loss.backward()
             loss_sum += loss.detach()
