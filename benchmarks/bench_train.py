@@ -77,7 +77,7 @@ def child_reference(data: Path, steps: int, warmup: int, threads: int, alloc: bo
         if i == warmup:
             t0 = time.perf_counter()
         y = images[torch.randint(len(images), (B,))].float() / 127.5 - 1
-        sigma = (torch.randn(B) * t.P_std + t.P_mean).exp()
+        sigma = (torch.randn(B) * m.P_std + m.P_mean).exp()
         n = torch.randn_like(y)
         D = net(y + sigma[:, None, None, None] * n, sigma)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM loss weight λ(σ)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.config import ModelConfig, TrainConfig
+from diffmem.config import ModelConfig
 from diffmem.errors import UsageError
 from diffmem.nn import build_denoiser, num_skips, validate_model, vp_sigma, vp_sigma_inv
 from diffmem.nn.layers import FourierEmbedding, PositionalEmbedding, Resample
@@ -87,14 +87,20 @@ def test_loss_weight_makes_effective_weight_one(precond):
 
 
 def test_training_sigma_distributions():
-    t = TrainConfig(P_mean=-1.2, P_std=1.2)
+    """The loss's σ distribution of each preconditioning comes from the model config alone, one field per
+    parameter (EDM paper 2022, Table 1)."""
     z = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
     u = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
-    np.testing.assert_allclose(sample_sigma(TINY, t, u, z).numpy(), np.exp(-1.2 + 1.2 * z.numpy()), rtol=1e-12)
+    edm = dataclasses.replace(TINY, P_mean=-1.2, P_std=1.2)
+    np.testing.assert_allclose(sample_sigma(edm, u, z).numpy(), np.exp(-1.2 + 1.2 * z.numpy()), rtol=1e-12)
+    wide = dataclasses.replace(TINY, P_mean=0.5, P_std=2.0)
+    np.testing.assert_allclose(sample_sigma(wide, u, z).numpy(), np.exp(0.5 + 2.0 * z.numpy()), rtol=1e-12)
     ve = dataclasses.replace(TINY, precond="ve")
-    np.testing.assert_allclose(sample_sigma(ve, t, u, z).numpy(), [0.02, math.sqrt(0.02 * 100), 100], rtol=1e-12)
+    np.testing.assert_allclose(sample_sigma(ve, u, z).numpy(), [0.02, math.sqrt(0.02 * 100), 100], rtol=1e-12)
+    ve_own = dataclasses.replace(ve, ve_sigma_min=0.5, ve_sigma_max=8.0)
+    np.testing.assert_allclose(sample_sigma(ve_own, u, z).numpy(), [0.5, 2.0, 8.0], rtol=1e-12)
     vp = dataclasses.replace(TINY, precond="vp")
-    s = sample_sigma(vp, t, u, z).numpy()
+    s = sample_sigma(vp, u, z).numpy()
     assert s[0] == pytest.approx(build_denoiser(vp).sigma_max, rel=1e-12)  # u = 0 → t = 1
     assert s[2] == pytest.approx(build_denoiser(vp).sigma_min, rel=1e-12)  # u = 1 → t = ε_t
 
@@ -156,6 +162,12 @@ def test_bad_configs_are_refused_with_the_config_path_named():
         build_denoiser(dataclasses.replace(TINY, arch="adm"))
     with pytest.raises(UsageError, match=r"^base.model.channels: 6.5 is not valid"):
         validate_model(dataclasses.replace(TINY, channels=6.5), where="base.model")
+    with pytest.raises(UsageError, match=r"^model.P_std: -1.0 is not valid; expected a finite number"):
+        validate_model(dataclasses.replace(TINY, P_std=-1.0))
+    with pytest.raises(UsageError, match=r"^model.ve_sigma_min: 200.0 is not valid; expected 0 < model.ve_sigma_min"):
+        validate_model(dataclasses.replace(TINY, ve_sigma_min=200.0))
+    with pytest.raises(UsageError, match=r"^model.vp_epsilon_t: 0.0 is not valid"):
+        validate_model(dataclasses.replace(TINY, vp_epsilon_t=0.0))
     # before the data is known, the resolution levels are not checked
     validate_model(dataclasses.replace(TINY, resolution=6, channel_mult=(1, 1, 1)), resolution=False)
     D = build_denoiser(dataclasses.replace(TINY, label_dim=4))

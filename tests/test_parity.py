@@ -78,7 +78,7 @@ def test_preconditioned_output_and_training_loss_match_the_reference(key, precon
     g = lambda name: want[f"{precond}/{name}"]  # noqa: E731
     D = _backbone(cfg)
     u, z = torch.from_numpy(inp["u"]).double(), torch.from_numpy(inp["z"]).double()
-    _close(sample_sigma(cfg, TrainConfig(), u, z), g("sigma"), 2e-6 * g("sigma"), f"{key} {precond} σ")
+    _close(sample_sigma(cfg, u, z), g("sigma"), 2e-6 * g("sigma"), f"{key} {precond} σ")
 
     sigma = torch.from_numpy(g("sigma")).double()
     c_skip, c_out, c_in, c_noise = D.coefficients(sigma)

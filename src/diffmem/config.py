@@ -50,7 +50,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone and preconditioner (DDPM++ / NCSN++ family, VP / VE / EDM)."""
+    """Backbone, preconditioner and the loss that goes with it (DDPM++ / NCSN++ family, VP / VE / EDM).
+
+    ``precond`` chooses the preconditioning and its training loss together, as the reference code's ``--precond``
+    does; the fields after it are their parameters, all in this one place. The training σ distribution
+    (EDM paper 2022, Table 1): EDM ln σ ~ N(``P_mean``, ``P_std``²); VP σ = σ(t), t ~ U(``vp_epsilon_t``, 1);
+    VE ln σ ~ U(ln ``ve_sigma_min``, ln ``ve_sigma_max``). The VP and VE values also bound the σ range the
+    preconditioner supports (the sampler's schedule is pulled into it), with the same defaults as the reference's
+    separate loss and preconditioner objects.
+    """
 
     arch: str = "ddpmpp"  # ddpmpp (box filter [1,1]) | ncsnpp (FIR [1,3,3,1], 2C noise channels, residual encoder)
     resolution: int = 32  # image side, filled in from the dataset
@@ -65,13 +73,15 @@ class ModelConfig:
     channel_mult_noise: int | None = None  # noise-embedding channels ÷ C; None = the arch's (ddpmpp 1, ncsnpp 2)
     skip_mask: tuple[bool, ...] | None = None  # one flag per encoder→decoder skip; None = all on
     label_dim: int = 0  # number of label classes; 0 = unconditional
-    precond: str = "vp"  # vp | ve | edm
-    sigma_data: float = 0.5  # EDM
-    vp_beta_d: float = 19.9  # VP
+    precond: str = "vp"  # vp | ve | edm: the preconditioning and its loss
+    sigma_data: float = 0.5  # EDM: σ_data (preconditioning and loss weight)
+    P_mean: float = -1.2  # EDM loss: ln σ ~ N(P_mean, P_std²)
+    P_std: float = 1.2
+    vp_beta_d: float = 19.9  # VP: σ(t) = √(exp(½β_d t² + β_min t) − 1)
     vp_beta_min: float = 0.1
-    vp_M: int = 1000
-    vp_epsilon_t: float = 1e-5
-    ve_sigma_min: float = 0.02  # VE
+    vp_M: int = 1000  # VP: c_noise = (M − 1)·t
+    vp_epsilon_t: float = 1e-5  # VP loss: t ~ U(ε_t, 1); the supported σ starts at σ(ε_t)
+    ve_sigma_min: float = 0.02  # VE loss: ln σ ~ U(ln σ_min, ln σ_max); also the supported σ range
     ve_sigma_max: float = 100.0
 
 
@@ -109,8 +119,6 @@ class TrainConfig:
     snapshot_kimg: float | None = None  # EMA snapshot every this many kimg; None = final only
     log_kimg: float | None = None  # stats.jsonl line every this many kimg; None = ~100 lines
     state_kimg: float | None = None  # resumable state every this many kimg; None = at snapshots
-    P_mean: float = -1.2  # EDM loss: log σ ~ N(P_mean, P_std²)
-    P_std: float = 1.2
     precision: str = "fp32"  # fp32 (no TF32 on GPUs) | bf16 (autocast)
     compile: bool = False  # torch.compile the denoiser (minutes of warm-up; faster steps; not bit-equal to eager)
     grad_clip: float | None = None

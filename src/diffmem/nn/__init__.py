@@ -6,6 +6,8 @@ returns a denoiser D called as ``D(x, sigma, labels=None)``.
 
 from __future__ import annotations
 
+import math
+
 from diffmem.config import ModelConfig
 from diffmem.errors import bad
 from diffmem.nn.precond import PRECONDITIONERS, Denoiser, EDMPrecond, VEPrecond, VPPrecond, vp_sigma, vp_sigma_inv
@@ -44,8 +46,17 @@ def validate_model(cfg: ModelConfig, *, where: str = "model", resolution: bool =
         raise bad(f"{where}.dropout", cfg.dropout, "a probability in [0, 1)")
     if cfg.label_dim < 0:
         raise bad(f"{where}.label_dim", cfg.label_dim, "a number of label classes ≥ 0 (0 = unconditional)")
-    if not cfg.sigma_data > 0:
-        raise bad(f"{where}.sigma_data", cfg.sigma_data, "a positive σ_data")
+    if not (math.isfinite(cfg.sigma_data) and cfg.sigma_data > 0):
+        raise bad(f"{where}.sigma_data", cfg.sigma_data, "a positive, finite σ_data")
+    # the training σ distribution (and the σ range the VP and VE preconditioners support)
+    if not (math.isfinite(cfg.P_mean) and math.isfinite(cfg.P_std) and cfg.P_std >= 0):
+        field = "P_mean" if not math.isfinite(cfg.P_mean) else "P_std"
+        raise bad(f"{where}.{field}", getattr(cfg, field), "a finite number (P_std ≥ 0)")
+    if not 0 < cfg.vp_epsilon_t < 1:
+        raise bad(f"{where}.vp_epsilon_t", cfg.vp_epsilon_t, "the smallest training t, in (0, 1)")
+    if not 0 < cfg.ve_sigma_min < cfg.ve_sigma_max < math.inf:
+        raise bad(f"{where}.ve_sigma_min", cfg.ve_sigma_min, f"0 < {where}.ve_sigma_min < {where}.ve_sigma_max "
+                  f"({cfg.ve_sigma_max}) < inf")
     if cfg.skip_mask is not None and len(cfg.skip_mask) != num_skips(cfg):
         raise bad(f"{where}.skip_mask", len(cfg.skip_mask), f"{num_skips(cfg)} flags, one per skip of this model "
                   f"({len(cfg.channel_mult)} levels × ({cfg.blocks} blocks + 1))", shown=f"{len(cfg.skip_mask)} flags")

@@ -249,7 +249,7 @@ def _train(run: Path, td: TrainingData, model_cfg: ModelConfig, train_cfg: Train
         z = torch.randn(B, generator=g, device=device, dtype=torch.float64)
         noise = torch.randn((B, *td.images.shape[1:]), generator=g, device=device)
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
-        sigma, noise = sample_sigma(model_cfg, train_cfg, u[sl], z[sl]), noise[sl]
+        sigma, noise = sample_sigma(model_cfg, u[sl], z[sl]), noise[sl]
         _seed_dropout(derive_seed(train_cfg.seed, _DROPOUT, step, rank), device)
         lr = learning_rate(train_cfg, nimg, N)  # linear warm-up, on the images seen before this step
         for group in opt.param_groups:

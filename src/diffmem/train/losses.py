@@ -1,5 +1,7 @@
 """Training losses of VP, VE and EDM (EDM paper 2022, Table 1): σ distribution and weight λ(σ).
 
+Both come from the model config (``model.precond`` and the parameters beside it, :class:`~diffmem.config.ModelConfig`).
+
 Each loss is E_{σ, y, n} λ(σ) ‖D(y + σn; σ) − y‖². Per image it is summed over the pixels (``sum``,
 as the reference study's code does, so that Adam's ε and the coupled L2 weight decay mean what they
 mean there) or averaged over them (``mean``: numbers comparable across resolutions, and a weight
@@ -12,20 +14,20 @@ import math
 
 import torch
 
-from diffmem.config import ModelConfig, TrainConfig
+from diffmem.config import ModelConfig
 from diffmem.nn.precond import vp_sigma
 
 LOSS_NORMS = ("sum", "mean")  # over the pixels of an image
 
 
-def sample_sigma(model: ModelConfig, train: TrainConfig, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def sample_sigma(model: ModelConfig, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Training σ from uniform draws ``u`` ~ U(0, 1) and normal draws ``z`` ~ N(0, 1) (float64).
 
     EDM: ln σ = P_mean + P_std·z; VP: σ = σ(t), t = 1 − (1 − ε_t)·u ~ U(ε_t, 1); VE: ln σ = ln σ_min +
     u·(ln σ_max − ln σ_min). The same draws give the same σ as the reference study's code.
     """
     if model.precond == "edm":
-        return torch.exp(train.P_mean + train.P_std * z)
+        return torch.exp(model.P_mean + model.P_std * z)
     if model.precond == "vp":
         t = 1 - (1 - model.vp_epsilon_t) * u
         return vp_sigma(t, model.vp_beta_d, model.vp_beta_min)
