@@ -10,7 +10,7 @@ from diffmem.fmt import pct
 from diffmem.plotting import pyplot, save_png
 
 
-def _save(fig, path: Path) -> Path:
+def save_report_figure(fig, path: Path) -> Path:
     """A report figure: 110 dpi, cropped to what is drawn."""
     return save_png(fig, path, dpi=110, bbox_inches="tight")
 
@@ -55,7 +55,7 @@ def ratio_vs_size(curves: Sequence[dict[str, Any]], threshold: float, path: Path
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_report_figure(fig, path)
 
 
 def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Path, title: str = "") -> Path:
@@ -82,7 +82,7 @@ def ratio_vs_progress(rows: Sequence[dict[str, Any]], threshold: float, path: Pa
         ax.legend(fontsize=7, ncol=2)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_report_figure(fig, path)
 
 
 def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: str, path: Path,
@@ -114,7 +114,7 @@ def ratio_vs_factor(values: Sequence[dict[str, Any]], threshold: float, factor: 
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_report_figure(fig, path)
 
 
 def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path, *, confidence: float) -> Path:
@@ -137,4 +137,4 @@ def emm_vs_factor(values: Sequence[dict[str, Any]], factor: str, path: Path, *, 
     ax.set_ylabel("EMM (training images; log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.set_title(f"EMM (dot, {pct(confidence)} interval) and bracket (bar) per factor value", fontsize=10)
-    return _save(fig, path)
+    return save_report_figure(fig, path)

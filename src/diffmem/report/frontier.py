@@ -12,7 +12,7 @@ from typing import Any
 from diffmem.fmt import pct
 from diffmem.plotting import pyplot
 from diffmem.report.blocks import Block, Figure, Heading, Paragraph, Table
-from diffmem.report.figures import _save
+from diffmem.report.figures import save_report_figure
 from diffmem.sweep.frontier import frontier_table
 from diffmem.sweep.law import law_lines
 
@@ -98,7 +98,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=7, loc="lower right")
     fig.suptitle("The memorization frontier: the largest training set still memorized for each budget", fontsize=10)
-    return _save(fig, path)
+    return save_report_figure(fig, path)
 
 
 def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
@@ -142,7 +142,7 @@ def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("τ_mem: first budget at 1 − ε (kimg; log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
+    return save_report_figure(fig, path)
 
 
 def frontier_blocks(directory: Path, s: Mapping[str, Any], figdir: Path, *, confidence: float) -> list[Block]:

@@ -322,24 +322,19 @@ def validate_emm(cfg: EMMConfig) -> None:
     from diffmem.sample import validate_sample
     from diffmem.train.validate import validate_train
 
-    if not 0 < cfg.epsilon < 1:
-        raise bad("epsilon", cfg.epsilon, "a number in (0, 1)")
-    if cfg.n_samples < 1:
-        raise bad("n_samples", cfg.n_samples, "an integer ≥ 1")
-    if cfg.repeats < 1:
-        raise bad("repeats", cfg.repeats, "an integer ≥ 1")
-    if cfg.parallel < 1:
-        raise bad("parallel", cfg.parallel, "an integer ≥ 1")
-    if not cfg.grid_factor > 1:
-        raise bad("grid_factor", cfg.grid_factor, "a ratio > 1 between neighbouring sizes of the grid")
-    if not cfg.bracket_factor > 1:
-        raise bad("bracket_factor", cfg.bracket_factor, "a ratio > 1 at which the bracket is narrow enough")
-    if cfg.sample_seed < 0:
-        raise bad("sample_seed", cfg.sample_seed, "an integer ≥ 0")
-    if cfg.heldout < 0:
-        raise bad("heldout", cfg.heldout, "a number of held-out images ≥ 0 (0 = no held-out baseline)")
-    if cfg.refine_repeats < 0:
-        raise bad("refine_repeats", cfg.refine_repeats, "an integer ≥ 0")
+    for name, ok, expected in (  # the search's own fields: whether each is valid, and what is expected
+        ("epsilon", 0 < cfg.epsilon < 1, "a number in (0, 1)"),
+        ("n_samples", cfg.n_samples >= 1, "an integer ≥ 1"),
+        ("repeats", cfg.repeats >= 1, "an integer ≥ 1"),
+        ("parallel", cfg.parallel >= 1, "an integer ≥ 1"),
+        ("grid_factor", cfg.grid_factor > 1, "a ratio > 1 between neighbouring sizes of the grid"),
+        ("bracket_factor", cfg.bracket_factor > 1, "a ratio > 1 at which the bracket is narrow enough"),
+        ("sample_seed", cfg.sample_seed >= 0, "an integer ≥ 0"),
+        ("heldout", cfg.heldout >= 0, "a number of held-out images ≥ 0 (0 = no held-out baseline)"),
+        ("refine_repeats", cfg.refine_repeats >= 0, "an integer ≥ 0"),
+    ):
+        if not ok:
+            raise bad(name, getattr(cfg, name), expected)
     if cfg.sizes is not None and (not cfg.sizes or min(cfg.sizes) < 1):
         raise bad("sizes", list(cfg.sizes), "a list of sizes ≥ 1")
     if cfg.sizes is None and not (1 <= cfg.size_min <= cfg.size_max):
