@@ -12,9 +12,11 @@ A factor is any dotted field of the EMM config (``model.channels``, ``data.label
 (``"conditioning": [{"data.labels": "none"}, {"data.labels": "random", "data.label_classes": 10}]``;
 an optional ``"label"`` key names the value in tables and figures).
 ``base`` may name an EMM preset (``{"preset": "digits", "train": {"kimg": 256}}``): its fields with the
-given ones merged over them. ``train.batch`` scales the learning rate with it (lr × batch / base batch)
-unless ``train.lr`` is a factor too, as the reference study did: each value's ``config.json``, the dry run
-and ``study.json`` (``derived``) show the lr used.
+given ones merged over them. A factor value changes its base as a preset override does
+(:func:`diffmem.config.replace_fields`: ``train.epochs`` clears the base's ``train.kimg``). ``train.batch``
+scales the learning rate with it (lr × batch / base batch) unless ``train.lr`` is a factor too, as the
+reference study did: each value's ``config.json``, the dry run and ``study.json`` (``derived``) show the lr
+used. Every value's config is validated before anything is written (:func:`validate_study`).
 """
 
 from __future__ import annotations
