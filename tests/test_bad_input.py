@@ -161,6 +161,8 @@ CASES = {
     "train-threads-zero": (["train", "--data", "{gray8}", *T, "--threads", "0"], "--threads", 2),
     "train-device-unknown": (["train", "--data", "{gray8}", *T, "--device", "tpu"], "--device", 2),
     "train-out-is-a-file": (["train", "--data", "{gray8}", *T, "--out", "{txt}"], "{txt}", 2),
+    "train-out-below-a-file": (["train", "--data", "{gray8}", *T, "--out", "{txt}/run"],
+                               "--out: cannot create '{txt}/run': '{txt}' is a file, not a directory", 1),
     # sample
     "sample-missing-run": (["sample", "--run", "{missing}", *S], "{missing}", 2),
     "sample-text-run": (["sample", "--run", "{txt}", *S], "{txt}", 2),

@@ -342,11 +342,11 @@ def test_train_locks_the_run_directory_and_removes_stale_temporaries(data16, tmp
             train(data16, run, MODEL, TRAIN)  # a second trainer of the same directory, while the first holds it
         return run
 
-    monkeypatch.setattr(loop, "_train_locked", spy)
+    monkeypatch.setattr(loop, "_train_on_device", spy)
     assert train(data16, run, MODEL, TRAIN) == run
     assert seen == {"locked": True, "stale": False}
     # a directory made only for the lock is removed again when the run fails before writing anything into it
-    monkeypatch.setattr(loop, "_train_locked", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(loop, "_train_on_device", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         train(data16, tmp_path / "new", MODEL, TRAIN)
     assert not (tmp_path / "new").exists()

@@ -152,13 +152,13 @@ def train(
     td, model_cfg, resolved = resolve_configs(data, model_cfg, train_cfg, processes=size)
     ident = run_identity(resolved)
     if rank != 0:  # torchrun: rank 0 holds the lock and writes the run directory; the others only train
-        return _train_locked(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
+        return _train_on_device(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
     check_run_dir(run, resolved, ident)  # refused before the directory is made for the lock
     with locked_run_dir(run):
-        return _train_locked(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
+        return _train_on_device(run, td, model_cfg, train_cfg, resolved, ident, progress, stop_after_steps, threads)
 
 
-def _train_locked(run: Path, td: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig, resolved: dict,
+def _train_on_device(run: Path, td: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig, resolved: dict,
                   ident: str, progress: bool, stop_after_steps: int | None, threads: int | None) -> Path:
     _, size, local_rank = dist.world()
     device = resolve_device(train_cfg.device, "train.device")
