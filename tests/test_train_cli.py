@@ -189,5 +189,5 @@ def test_preset_resolution_is_a_library_function():
     _, t = resolve_preset("paper-basic", train={"ema_mode": "final", "ema_decay": 0.5, "ema_halflife_kimg": 1.0})
     assert (t.ema_decay, t.ema_halflife_kimg, t.ema_halflife_epochs) == (0.5, 1.0, None)  # given: kept
     assert TRAIN_PRESETS["paper-basic"].epochs == 40_000
-    with pytest.raises(UsageError, match="--preset: 'nope' is not a preset"):
+    with pytest.raises(UsageError, match="^preset: 'nope' is not a preset"):
         resolve_preset("nope")

@@ -353,9 +353,9 @@ def load_json_config(cls: type[T], path: str | Path) -> T:
         with open(path) as f:
             d = json.load(f)
     except FileNotFoundError as e:
-        raise UsageError(f"--config: {str(path)!r} does not exist") from e
+        raise UsageError(f"config: {str(path)!r} does not exist") from e
     except (OSError, ValueError) as e:
-        raise UsageError(f"--config: {str(path)!r} is not readable JSON ({e})") from e
+        raise UsageError(f"config: {str(path)!r} is not readable JSON ({e})") from e
     return from_dict(cls, d, where=str(path))
 
 
@@ -392,7 +392,7 @@ def preset_names() -> list[str]:
 
 def model_train_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name not in MODEL_PRESETS:
-        raise UsageError(f"--preset: {name!r} is not a preset; expected one of {preset_names()}")
+        raise UsageError(f"preset: {name!r} is not a preset; expected one of {preset_names()}")
     return MODEL_PRESETS[name], TRAIN_PRESETS[name]
 
 
@@ -462,5 +462,5 @@ EMM_PRESETS["digits-frontier"] = dataclasses.replace(
 def emm_preset(name: str) -> EMMConfig:
     """The EMM experiment preset ``name``."""
     if name not in EMM_PRESETS:
-        raise UsageError(f"--preset: {name!r} is not an EMM preset; expected one of {sorted(EMM_PRESETS)}")
+        raise UsageError(f"preset: {name!r} is not an EMM preset; expected one of {sorted(EMM_PRESETS)}")
     return EMM_PRESETS[name]

@@ -3,7 +3,7 @@
 The library names what it refuses by its config path (``train.ema_mode``, ``model.channels``) or by its
 argument (``run``, ``data``); a command whose flags set that field shows its flag instead
 (``--ema-mode``), wherever the name stands in the message. A command that has no such flag (``study``
-and ``emm`` read configs from JSON files) shows the config path unchanged. :data:`FLAGS` holds, for
+and ``emm`` read their configs from JSON files) shows the config path unchanged. :data:`FLAGS` holds, for
 each command, the names its flags set; ``diffmem train`` builds its model and training options from
 its rows.
 """
@@ -20,7 +20,7 @@ FLAGS: dict[str, dict[str, str]] = {  # command → {config path or argument nam
         "data.near_dup_threshold": "--near-threshold",
     },
     "train": {
-        "data": "--data", "run": "--out",
+        "data": "--data", "run": "--out", "preset": "--preset",
         "model.arch": "--arch", "model.channels": "--channels", "model.channel_mult": "--channel-mult",
         "model.blocks": "--blocks", "model.attn_resolutions": "--attn-resolutions", "model.dropout": "--dropout",
         "model.embedding": "--embedding", "model.encoder": "--encoder",
@@ -44,6 +44,8 @@ FLAGS: dict[str, dict[str, str]] = {  # command → {config path or argument nam
         "sample.S_min": "--s-min", "sample.S_max": "--s-max", "sample.S_noise": "--s-noise",
         "sample.batch": "--batch", "sample.device": "--device",
     },
+    "emm": {"preset": "--preset", "config": "--config"},
+    "study": {"config": "--config"},
     "measure": {
         "measure.threshold": "--threshold", "measure.confidence": "--confidence", "measure.backend": "--backend",
         "measure.device": "--device", "measure.memory_mb": "--memory-mb", "measure.candidates": "--candidates",
