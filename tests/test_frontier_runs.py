@@ -65,11 +65,13 @@ def test_extended_run_is_bit_identical_to_the_straight_run(data16, tmp_path, sho
 @pytest.mark.slow
 def test_extension_refuses_what_is_not_a_prefix(data16, tmp_path):
     short = train(data16, tmp_path / "short", MODEL, dataclasses.replace(TRAIN, kimg=0.096))
-    with pytest.raises(UsageError, match=r"train.kimg: 0.048 is not valid .* expected a longer duration"):
+    with pytest.raises(UsageError, match=r"^train.kimg: 0.048 is not valid; expected a longer duration than the "
+                                         r"0.096 kimg of '.*short'$"):
         extend_run(short, tmp_path / "a", data16, MODEL, dataclasses.replace(TRAIN, kimg=0.048))
     with pytest.raises(UsageError, match=r"different config \(train.lr: 0.002 there vs 0.001 now\); only train.kimg"):
         extend_run(short, tmp_path / "b", data16, MODEL, dataclasses.replace(TRAIN, lr=1e-3))
-    with pytest.raises(UsageError, match="expected both runs' durations in kimg"):
+    with pytest.raises(UsageError, match=r"^train.kimg: None is not valid; expected a duration in kimg to extend "
+                                         r"'.*short' \(both runs' durations in kimg\)$"):
         extend_run(short, tmp_path / "c", data16, MODEL, dataclasses.replace(TRAIN, kimg=None, epochs=20.0))
     part = train(data16, tmp_path / "part", MODEL, TRAIN, stop_after_steps=2)
     with pytest.raises(UsageError, match="is not a finished run directory"):

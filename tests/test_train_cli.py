@@ -57,7 +57,7 @@ def test_train_json_then_rerun_reuses(data, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 4 and (run / "stats.jsonl").read_text() == stats
     assert main(["train", "--data", str(data), "--out", str(run), *TINY, "--lr", "5e-4"]) == 2
     err = capsys.readouterr().err
-    assert "different config (train.lr: 0.002 there vs 0.0005 now)" in err and err.count("\n") == 1
+    assert "different config (--lr: 0.002 there vs 0.0005 now)" in err and err.count("\n") == 1  # the flag's name
 
 
 @pytest.mark.parametrize("flag,value,message", [
