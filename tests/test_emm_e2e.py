@@ -95,7 +95,8 @@ def test_tiny_emm_end_to_end(tmp_path):
         assert z["images"].shape == (32, 1, 8, 8) and z["images"].dtype == np.uint8
     assert (out / "report.html").is_file() and (out / "figures" / "ratio_vs_size.png").is_file()
     assert "Resolved configuration" in (out / "report.md").read_text()
-    assert (out / "figures" / f"grid-s{sizes[0]}.png").is_file()  # sample | NN₁ | NN₂ from the measurement
+    assert (out / "figures" / f"grid-s{sizes[0]}.png").is_file()  # sample | NN₁ | NN₂ of the best snapshot
+    assert not list((out / "jobs").rglob("*.png"))  # jobs measure without figures: the report draws the few it shows
 
     # rerunning resumes: nothing is trained again, the same table comes back
     table = (out / "results.jsonl").read_text()

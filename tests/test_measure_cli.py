@@ -82,6 +82,19 @@ def test_write_measurement_is_atomic_and_grid_rows_are_distinct(files, tmp_path,
     assert not (tmp_path / "x").exists() and not any(p.name.startswith(".x.") for p in tmp_path.iterdir())
 
 
+def test_a_measurement_without_figures_draws_the_same_grid_later(files, tmp_path):
+    """Sweeps write measurements without figures; the grid drawn afterwards from the table, the samples and the
+    training images is the figure the measurement would have drawn itself, byte for byte."""
+    s, t = files
+    samples, train = load_npz(s), load_npz(t)
+    m = measure(samples, train)
+    write_measurement(m, tmp_path / "with", samples=samples, train=train)
+    write_measurement(m, tmp_path / "without", samples=samples, train=train, figures=False)
+    assert not any(p.suffix == ".png" for p in (tmp_path / "without").iterdir())
+    outputs.plot_grid_from(tmp_path / "without", samples, train, tmp_path / "later.png")
+    assert (tmp_path / "later.png").read_bytes() == (tmp_path / "with" / "grid.png").read_bytes()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--threshold", "abc"], "--threshold: 'abc' is not valid"),
     (["--threshold", "2"], "--threshold: 2.0 is not valid"),

@@ -5,7 +5,9 @@ Images are captioned with their names. matplotlib comes from :mod:`diffmem.plott
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +48,18 @@ def plot_histogram(m: Measurement, path: Path, heldout_ratio: np.ndarray | None 
     save_png(fig, path)
 
 
-def grid_rows(m: Measurement, per_group: int = GRID_ROWS_PER_GROUP) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class GridSource:
+    """What the sample | NN₁ | NN₂ grid reads of a measurement: per-sample d₁/d₂, NN₁ and NN₂, and the threshold
+    (a :class:`~diffmem.measure.core.Measurement` has them; so has a measurement's ``table.npz``)."""
+
+    ratio: np.ndarray
+    nn1: np.ndarray
+    nn2: np.ndarray
+    summary: dict[str, Any]
+
+
+def grid_rows(m: Measurement | GridSource, per_group: int = GRID_ROWS_PER_GROUP) -> list[tuple[str, int]]:
     """(group, sample index) for the most memorized, borderline and least memorized samples."""
     order = np.argsort(m.ratio, kind="stable")
     most = [int(i) for i in order[:per_group]]
@@ -69,7 +82,7 @@ def _show(ax, img: np.ndarray) -> None:
         ax.imshow(img, interpolation="nearest")
 
 
-def plot_grid(m: Measurement, samples: np.ndarray, train: np.ndarray, path: Path,
+def plot_grid(m: Measurement | GridSource, samples: np.ndarray, train: np.ndarray, path: Path,
               names: TableNames | None = None) -> None:
     """Rows of generated | NN₁ | NN₂, each captioned with its name (index when unnamed) and the row's d₁/d₂."""
     plt = pyplot()

@@ -24,7 +24,7 @@ from diffmem.artefacts import atomic_dir, atomic_save_npz, atomic_write_json, wr
 from diffmem.config import MeasureConfig
 from diffmem.io import ImageSet
 from diffmem.measure.core import Measurement
-from diffmem.measure.figures import grid_rows, plot_copies, plot_grid, plot_histogram
+from diffmem.measure.figures import GridSource, grid_rows, plot_copies, plot_grid, plot_histogram
 from diffmem.measure.heldout import HeldoutReference
 from diffmem.measure.tables import TableNames, copy_columns, copy_summary, sample_columns, write_csv
 
@@ -76,6 +76,7 @@ def write_measurement(
     inputs: dict[str, Any] | None = None,  # recorded in summary.json and the manifest (e.g. paths)
     cfg: MeasureConfig | None = None,  # the configuration recorded in the manifest
     overwrite: bool = False,
+    figures: bool = True,  # the PNG figures (histogram, grids); False: tables and summary only
 ) -> Path:
     """Write the measurement artefact to ``out_dir`` atomically and return its path."""
     out = Path(out_dir)
@@ -94,9 +95,11 @@ def write_measurement(
                                              train_labels=names.train_labels)
             write_csv(tmp / HELDOUT_CSV, sample_columns(hm, hn))
             files.append(HELDOUT_CSV)
-        plot_histogram(m, tmp / HISTOGRAM, heldout_ratio=None if hm is None else hm.ratio)
-        files.append(HISTOGRAM)
-        if samples is not None and train is not None and _images(samples).ndim >= 3 and _images(train).ndim >= 3:
+        if figures:
+            plot_histogram(m, tmp / HISTOGRAM, heldout_ratio=None if hm is None else hm.ratio)
+            files.append(HISTOGRAM)
+        if figures and samples is not None and train is not None and _images(samples).ndim >= 3 and \
+                _images(train).ndim >= 3:
             s_img, t_img = _images(samples), _images(train)  # images only, not feature vectors
             plot_grid(m, s_img, t_img, tmp / GRID, names)
             files.append(GRID)
@@ -107,3 +110,17 @@ def write_measurement(
         write_manifest(tmp, "measurement", cfg, inputs=inputs or {}, files=files,
                        memorization_ratio=m.summary["memorization_ratio"])
     return out
+
+
+def plot_grid_from(measurement_dir: str | os.PathLike, samples: ImageSet, train: ImageSet, path: Path) -> None:
+    """The sample | NN₁ | NN₂ grid of a measurement written without figures (``figures=False``), drawn from its
+    ``table.npz`` and ``summary.json`` and the images it measured (nothing is searched again)."""
+    import json
+
+    d = Path(measurement_dir)
+    with np.load(d / TABLE, allow_pickle=False) as z:
+        table = {k: z[k] for k in ("ratio", "nn1", "nn2")}
+    threshold = json.loads((d / SUMMARY).read_text())["threshold"]
+    names = TableNames.of(samples, train, table["ratio"].shape[0], len(train))
+    plot_grid(GridSource(summary={"threshold": threshold}, **table), samples.images, train.images, path, names)
+

@@ -85,14 +85,31 @@ def _grids(directory: Path, jobs_root: Path, rows: list[dict[str, Any]], points:
         cand = [r for r in rows if r.get("kind") == "train" and r["size"] == p["size"]
                 and r.get("snapshot_kimg") == p["best_snapshot_kimg"]]
         for r in cand[:1]:
-            src = jobs_root / r["job"] / "snapshots" / f"{r['snapshot_kimg']:010.3f}" / "measurement" / "grid.png"
-            if src.is_file():
-                dst = figdir / f"{prefix}grid-s{p['size']}.png"
-                shutil.copyfile(src, dst)
+            dst = figdir / f"{prefix}grid-s{p['size']}.png"
+            if _draw_grid(jobs_root / r["job"], r["snapshot_kimg"], dst):
                 blocks.append(Figure(dst.relative_to(directory),
                                      f"|D| = {p['size']:,}, snapshot {r['snapshot_kimg']:g} kimg: sample | NN₁ | NN₂ "
                                      f"(ratio {r['ratio']:.3f} of {r['n_samples']:,} samples memorized)"))
     return blocks
+
+
+def _draw_grid(job: Path, snapshot_kimg: float, dst: Path) -> bool:
+    """The grid of a job's snapshot into ``dst``: the measurement's own ``grid.png`` when it has one, else drawn
+    from its table, its samples and the job's dataset (sweeps measure without figures); False when the job's
+    files are gone."""
+    snap = job / "snapshots" / f"{snapshot_kimg:010.3f}"
+    if (snap / "measurement" / "grid.png").is_file():
+        shutil.copyfile(snap / "measurement" / "grid.png", dst)
+        return True
+    if not all(p.exists() for p in (snap / "measurement" / "table.npz", snap / "samples.npz", job / "dataset")):
+        return False
+    from diffmem.data import load_dataset  # the measurement stack: only when a grid is drawn
+    from diffmem.io import load_npz
+    from diffmem.measure.outputs import plot_grid_from
+
+    train, _ = load_dataset(job / "dataset")
+    plot_grid_from(snap / "measurement", load_npz(snap / "samples.npz"), train, dst)
+    return True
 
 
 def _jobs_root(directory: Path) -> Path:

@@ -129,8 +129,9 @@ def _row(kind: str, spec: JobSpec, snapshot_kimg: float | None, summary: dict[st
 def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, Any], heldout=None,
                   index=None) -> dict[str, Any]:
     """Measure ``samples`` against ``train_set`` (or its prepared ``index``), and their C_T when a held-out
-    reference is given: ``final/measurement/`` (summary, tables, figures), ``final/samples.npz``, and last the
-    manifest that marks ``final`` complete."""
+    reference is given: ``final/measurement/`` (summary and tables; no figures — a sweep measures many
+    snapshots and its report draws the grids of the few it shows from ``samples.npz``), ``final/samples.npz``,
+    and last the manifest that marks ``final`` complete."""
     from diffmem.measure import TableNames, full_summary, measure, write_measurement  # torch: only in a job
 
     m = measure(samples, index if index is not None else train_set, measure_cfg)
@@ -139,7 +140,8 @@ def _measure_into(final: Path, samples, train_set, measure_cfg, what: dict[str, 
     final.mkdir(parents=True, exist_ok=True)
     write_measurement(m, final / "measurement", samples=samples, train=train_set, cfg=measure_cfg, names=names,
                       summary=full_summary(m, names, heldout, copying),
-                      inputs={k: what[k] for k in ("snapshot_kimg", "optimal") if k in what}, overwrite=True)
+                      inputs={k: what[k] for k in ("snapshot_kimg", "optimal") if k in what}, overwrite=True,
+                      figures=False)
     save_image_set(final / "samples.npz", samples)
     summary = {k: v for k, v in m.summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
     if copying is not None:
@@ -179,7 +181,8 @@ def _heldout_reference(directory: Path, spec: JobSpec, data_cfg, train_set, meas
     ref = prepare_heldout(prepare_train(train_set), held, measure_cfg, n_samples)
     write_measurement(ref.measurement, directory / "measurement", samples=held, train=train_set, cfg=measure_cfg,
                       names=TableNames.of(held, train_set, len(held), len(train_set)), overwrite=True,
-                      inputs={"heldout": f"{len(held)} images after the subset in the source's priority order"})
+                      inputs={"heldout": f"{len(held)} images after the subset in the source's priority order"},
+                      figures=False)
     atomic_save_npz(directory / "reference.npz", centroids=ref.cells.centroids, seed=np.int64(ref.cells.seed),
                     d1=ref.d1, heldout_cells=ref.heldout_cells, train_cells=ref.train_cells)
     write_manifest(directory, HELDOUT_STAGE, what, summary=ref.summary)
