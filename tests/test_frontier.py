@@ -190,6 +190,10 @@ def test_onsets_interpolate_in_log_budget_and_censor_the_ends():
     one = onsets(frontier([_row(30, 1.0, 0.0), _row(30, 2.0, 1.0)], T), T)[0]
     w = (logit(0.9) - logit(0.5 / N)) / (logit(1 - 0.5 / N) - logit(0.5 / N))
     assert one.kimg == pytest.approx(2 ** w)
+    # a ratio exactly at 1 − ε crosses at that snapshot, never past it (exp∘log rounds 576 up to 576.0000000000001)
+    at = onsets(frontier([_row(215, 512.0, 0.844), _row(215, 576.0, 0.9)], T), T)[0]
+    assert at == Onset(215, 576.0, 512.0, 576.0)
+    assert math.exp(math.log(512.0) + 1.0 * (math.log(576.0) - math.log(512.0))) > 576.0  # what the clamp is for
 
 
 def test_fit_recovers_an_exact_power_law():

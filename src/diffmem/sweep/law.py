@@ -88,7 +88,8 @@ def onsets(front: Sequence[BudgetEMM], threshold: float) -> list[Onset]:
             l0, l1, lt = _logit(r0, n0), _logit(r1, n1), _logit(threshold, max(n0, n1))
             w = (lt - l0) / (l1 - l0) if l1 > l0 else 1.0
             w = min(max(w, 0.0), 1.0)
-            out.append(Onset(size, float(math.exp(math.log(T0) + w * (math.log(T1) - math.log(T0)))), T0, T1))
+            tau = math.exp(math.log(T0) + w * (math.log(T1) - math.log(T0)))
+            out.append(Onset(size, float(min(max(tau, T0), T1)), T0, T1))  # within its snapshots, rounding too
     return out
 
 
