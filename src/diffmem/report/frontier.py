@@ -141,7 +141,7 @@ def onset_vs_size(law: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("training-set size |D| (log scale)")
     ax.set_ylabel("τ_mem: first budget at 1 − ε (kimg; log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     return save_report_figure(fig, path)
 
 
