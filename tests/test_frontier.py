@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from diffmem import fmt
 from diffmem.config import EMMConfig, TrainConfig, emm_preset
 from diffmem.errors import UsageError
 from diffmem.sweep import SyntheticCurve, run_emm
@@ -312,7 +313,7 @@ def test_report_of_a_frontier_search(tmp_path):
     d = json.loads((out / "emm.json").read_text())
     assert "## Frontier: the EMM at every training budget" in md
     for b in d["frontier"]:  # every budget's EMM and bracket is in the table
-        assert f"| {b['kimg']:,.4g} | {b['emm']:,.0f} | [{b['ci'][0]:,.0f}, {b['ci'][1]:,.0f}] | " \
+        assert f"| {fmt.kimg(b['kimg'])} | {b['emm']:,.0f} | [{b['ci'][0]:,.0f}, {b['ci'][1]:,.0f}] | " \
                f"[{b['bracket'][0]:,.0f}, {b['bracket'][1]:,.0f}] |" in md
     assert f"|D|^{d['law']['fit']['alpha']:.3f}" in md and "hold-out: fitted on the snapshots up to 384" in md
     assert "lower bound (run stopped once memorized)" in md
@@ -320,3 +321,45 @@ def test_report_of_a_frontier_search(tmp_path):
         assert f"figures/{name}" in md
         with Image.open(out / "figures" / name) as im:
             assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_budgets_print_whole_at_paper_scale():
+    # a budget of tens of thousands of kimg (the reference's 2,500-kimg snapshots) never reads as 1.286e+04
+    assert [fmt.kimg(x) for x in (0.032, 64.0, 2500.0, 12864.0, 80000.0, 1536.5)] == \
+        ["0.032", "64", "2,500", "12,864", "80,000", "1,536.5"]
+    lines = law_lines({"onsets": [], "fit": None, "predictions": [{"kimg": 20000.0, "emm": 123.0, "ci": None}],
+                       "holdout": None}, T)
+    assert any("20,000 kimg" in line for line in lines) and not any("e+0" in line for line in lines)
+
+
+def test_prediction_interval_counts_flat_bootstrap_fits_as_unbounded():
+    from diffmem.sweep.law import PowerLaw, _prediction
+
+    rng = np.random.default_rng(0)
+    alpha = rng.normal(1.0, 0.3, 2000)
+    log_a = rng.normal(0.0, 0.2, 2000)
+
+    def brute(alpha, log_a, kimg, conf=0.95):  # float64, written out: α ≤ 0 never reaches an onset → +∞
+        vals = np.array([math.exp(min((math.log(kimg) - c) / a, 700.0)) if a > 0 else math.exp(700.0)
+                         for a, c in zip(alpha, log_a)])
+        lo, hi = np.quantile(vals, [(1 - conf) / 2, (1 + conf) / 2])
+        return None if hi >= math.exp(700.0) else (lo, hi)
+
+    few = alpha.copy()
+    few[:20] = -0.5  # 1 % flat fits: the interval exists, and counts them at its upper end
+    law = PowerLaw(a=1.0, alpha=1.0, sizes=(1, 2, 3, 4, 5), confidence=0.95, boot_log_a=log_a, boot_alpha=few)
+    ci, ref = law.emm_ci(1000.0), brute(few, log_a, 1000.0)
+    assert ci == pytest.approx(ref)
+    without = PowerLaw(a=1.0, alpha=1.0, sizes=(1, 2, 3, 4, 5), confidence=0.95, boot_log_a=log_a[20:],
+                       boot_alpha=few[20:]).emm_ci(1000.0)
+    assert ci[1] > without[1]  # dropping them instead would narrow the interval
+    many = alpha.copy()
+    many[:100] = -0.5  # 5 % flat fits, more than the 2.5 % tail: no upper end, and the reason says so
+    law = dataclasses.replace(law, boot_alpha=many)
+    assert law.emm_ci(1000.0) is None and brute(many, log_a, 1000.0) is None
+    p = _prediction(law, 1000.0)
+    assert p["ci"] is None and "flat" in p["no_ci"]
+    line = law_lines({"onsets": [], "fit": None, "predictions": [p], "holdout": None}, T)
+    assert any("no interval (no upper end" in x for x in line)
+    none = _prediction(dataclasses.replace(law, boot_alpha=np.empty(0), boot_log_a=np.empty(0)), 1000.0)
+    assert "too few sizes" in none["no_ci"]

@@ -8,6 +8,12 @@ def size(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
+def kimg(x: float) -> str:
+    """A training budget in kimg: ``64``, ``12,864``, ``0.032`` — up to six significant digits, so budgets of
+    paper scale (tens of thousands of kimg) print whole, never as ``1.286e+04``."""
+    return f"{x:,.6g}"
+
+
 def pct(x: float) -> str:
     """A fraction as a percentage with as many digits as it has: 0.95 → ``95 %``, 0.975 → ``97.5 %``; for
     confidence levels and the 1 − ε threshold, which rounding would misstate."""

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from diffmem import fmt
 from diffmem.artefacts import to_jsonable
 from diffmem.cli.common import (
     add_dry_run_argument,
@@ -133,8 +134,8 @@ def print_result(res, out: Path, file=None) -> None:
         runs = len({(r["size"], r["repeat"]) for r in res.rows if r["kind"] == "train"})
         bound, kimg = _baseline(cfg)
         w(f"trainings: {res.n_trainings} jobs ({res.n_trained_now} run now, the rest reused) over {runs} runs "
-          f"(sizes × repeats; a longer job extends its size's shorter run), {_kimg(res.training_kimg)} kimg of "
-          f"training in all; one EMM search per budget would need up to {bound} trainings and {_kimg(kimg)} kimg\n")
+          f"(sizes × repeats; a longer job extends its size's shorter run), {fmt.kimg(res.training_kimg)} kimg of "
+          f"training in all; one EMM search per budget would need up to {bound} trainings and {fmt.kimg(kimg)} kimg\n")
     elif not cfg.sizes:
         grid = grid_measurements(cfg.size_min, cfg.size_max, cfg.bracket_factor) * cfg.repeats
         w(f"trainings: {res.n_trainings} ({res.n_trained_now} run now, the rest reused); a plain grid at "
@@ -154,10 +155,6 @@ def print_frontier(res, file) -> None:
         w("  ".join(c.rjust(wd) for c, wd in zip(r, widths)) + "\n")
     for line in law_lines(res.law, res.threshold):
         w(line + "\n")
-
-
-def _kimg(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.4g}"
 
 
 def _baseline(cfg) -> tuple[int, float]:
@@ -183,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                     f"kimg every {cfg.train.snapshot_kimg:g}; sizes {cfg.size_min:,}–{cfg.size_max:,}; at most {bound} "
                     f"runs (sizes × repeats), each trained at most to {budgets[-1]:g} kimg and extended in at most "
                     f"{math.ceil(math.log2(len(budgets))) + 1} jobs; one EMM search per budget would need up to {base} "
-                    f"trainings and {_kimg(base_kimg)} kimg. Simulate it on a known surface with --synthetic EMM.\n")
+                    f"trainings and {fmt.kimg(base_kimg)} kimg. Simulate it on a known surface with --synthetic EMM.\n")
         if args.json:
             print_json(plan)
         else:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffmem import fmt
 from diffmem.fmt import pct
 from diffmem.plotting import pyplot
 from diffmem.report.blocks import Block, Figure, Heading, Paragraph, Table
@@ -70,7 +71,7 @@ def emm_vs_budget(front: Sequence[Mapping[str, Any]], law: Mapping[str, Any], pa
         ci = h.get("predicted_ci") or (h["predicted_emm"], h["predicted_emm"])
         ax1.errorbar([h["final_kimg"]], [h["predicted_emm"]],
                      yerr=[[h["predicted_emm"] - ci[0]], [ci[1] - h["predicted_emm"]]], marker="D", ms=6, capsize=3,
-                     color="C3", ls="", label=f"predicted from budgets ≤ {h['fit_upto_kimg']:,.4g} kimg")
+                     color="C3", ls="", label=f"predicted from budgets ≤ {fmt.kimg(h['fit_upto_kimg'])} kimg")
     _log(ax1, "x")
     _log(ax1, "y")
     shown = E + [b["bracket"][i] for b in front for i in (0, 1) if b["bracket"][i] is not None]

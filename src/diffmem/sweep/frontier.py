@@ -228,7 +228,7 @@ def frontier_table(entries: Sequence[Mapping[str, Any]], confidence: float) -> t
             e_text = f"< {n(hi)}" if b.get("below_range") else f"≥ {n(lo)}" if b.get("above_range") else "—"
         else:
             e_text = n(e)
-        rows.append([f"{b['kimg']:,.4g}", e_text, f"[{n(clo)}, {n(chi)}]", f"[{n(lo)}, {n(hi)}]",
+        rows.append([fmt.kimg(b['kimg']), e_text, f"[{n(clo)}, {n(chi)}]", f"[{n(lo)}, {n(hi)}]",
                      "—" if b.get("epochs_at_emm") is None else f"{b['epochs_at_emm']:,.0f}"])
     return ["budget (kimg)", "EMM (training images)", f"{fmt.pct(confidence)} interval",
             "bracket (memorizes, does not)", "images seen per training image at the EMM"], rows

@@ -135,12 +135,15 @@ class PowerLaw:
         return float(math.exp(log_emm)) if log_emm < 700 else None
 
     def emm_ci(self, kimg: float) -> tuple[float, float] | None:
-        """Percentile interval of the predicted EMM over the bootstrap fits with α > 0 (None when the fits
-        are too few, or so flat that the interval's end is beyond any number)."""
-        ok = self.boot_alpha > 0
-        if not ok.any():
+        """Percentile interval of the predicted EMM over all the bootstrap fits; a fit with α ≤ 0 never
+        reaches the onset at any size, so it counts as an EMM beyond any number (None when the fits are too
+        few, or when so many are that flat that the interval has no upper end)."""
+        if len(self.boot_alpha) == 0:
             return None
-        return self._interval((math.log(kimg) - self.boot_log_a[ok]) / self.boot_alpha[ok])
+        up = self.boot_alpha > 0
+        log_emm = np.full(self.boot_alpha.shape, np.inf)
+        log_emm[up] = (math.log(kimg) - self.boot_log_a[up]) / self.boot_alpha[up]
+        return self._interval(log_emm)
 
     def onset_ci(self, size: float) -> tuple[float, float] | None:
         """Percentile interval of τ_mem(size) over the bootstrap fits."""
@@ -188,7 +191,11 @@ def frontier_slope(front: Sequence[BudgetEMM], bracket_factor: float) -> dict[st
 
 
 def _prediction(law: PowerLaw, kimg: float) -> dict[str, Any]:
-    return {"kimg": kimg, "emm": law.emm(kimg), "ci": law.emm_ci(kimg)}
+    ci = law.emm_ci(kimg)
+    why = None if ci is not None else (
+        f"too few sizes to bootstrap (fewer than {MIN_BOOT_SIZES})" if len(law.boot_alpha) == 0 else
+        "no upper end: too many bootstrap fits are flat (α ≤ 0, or an EMM beyond any number)")
+    return {"kimg": kimg, "emm": law.emm(kimg), "ci": ci, "no_ci": why}
 
 
 def holdout(rows: Sequence[Mapping[str, Any]], threshold: float, measured: BudgetEMM,
@@ -275,12 +282,13 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
                    f"narrowly as asked (least squares on log–log), i.e. α = 1/slope = {alpha}, without an interval "
                    "(the budgets share their sizes)")
     for p in law.get("predictions") or []:
-        ci = f"{_ci(p['ci'])} over the bootstrap fits" if p["ci"] else "no interval (too few sizes to bootstrap)"
-        out.append(f"predicted EMM at {p['kimg']:,.4g} kimg (beyond the budgets trained): {fmt.size(p['emm'])} "
+        ci = f"{_ci(p['ci'])} over the bootstrap fits" if p["ci"] else \
+            f"no interval ({p.get('no_ci') or 'too few sizes to bootstrap'})"
+        out.append(f"predicted EMM at {fmt.kimg(p['kimg'])} kimg (beyond the budgets trained): {fmt.size(p['emm'])} "
                    f"training images, {ci}")
     h = law.get("holdout")
     if h:
-        head = (f"hold-out: fitted on the snapshots up to {h['fit_upto_kimg']:,.4g} kimg"
+        head = (f"hold-out: fitted on the snapshots up to {fmt.kimg(h['fit_upto_kimg'])} kimg"
                 + (f" ({len(h['sizes'])} sizes, α = {h['alpha']:.3f})" if h.get("sizes") else ""))
         if "error" in h:
             err = h["error"]
@@ -288,7 +296,8 @@ def law_lines(law: Mapping[str, Any], threshold: float) -> list[str]:
                        f"outside ±{h['tolerance']:.0%}: the law does not hold here, the prediction is off by "
                        f"{abs(err):.0%}")
             out.append(f"{head}, it predicts EMM {fmt.size(h['predicted_emm'])} {_ci(h['predicted_ci'])} at "
-                       f"{h['final_kimg']:,.4g} kimg, where {fmt.size(h['measured_emm'])} {_ci(h['measured_ci'])} is "
+                       f"{fmt.kimg(h['final_kimg'])} kimg, where {fmt.size(h['measured_emm'])} "
+                       f"{_ci(h['measured_ci'])} is "
                        f"measured: error {err:+.1%} ({verdict})")
         else:
             out.append(f"{head}: no check ({h['reason']})")
