@@ -256,3 +256,36 @@ def test_png_directory_output_reads_back_as_the_npz(ddpm_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "pngs").glob("*.png")) == [f"seed-{s:06d}.png" for s in (7, 8, 9)]
     np.testing.assert_array_equal(got.images, ref.images)
     assert got.seeds.tolist() == [7, 8, 9] and got.names.tolist() == [f"seed-{s:06d}.png" for s in (7, 8, 9)]
+
+
+def test_a_learned_variance_unet_is_sampled_by_every_scheduler(tmp_path):
+    from diffmem.sample.diffusers import load_diffusers_model, sample_diffusers_seeds
+
+    # a UNet with a learned variance (2 channels out for 1 in), saved with DDPM's learned_range variance
+    torch.manual_seed(1)
+    two = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "UpBlock2D"))
+    d = tmp_path / "learned"
+    diffusers.DDPMPipeline(unet=two, scheduler=diffusers.DDPMScheduler(variance_type="learned_range")) \
+        .save_pretrained(d)
+    # the same network cut to its first output channel: what a scheduler without a learned variance must see
+    one = tiny_unet(seed=1)
+    state = {k: (v[:1] if k.startswith("conv_out.") else v) for k, v in two.state_dict().items()}
+    one.load_state_dict(state)
+    e = tmp_path / "first-half"
+    diffusers.DDPMPipeline(unet=one, scheduler=diffusers.DDPMScheduler()).save_pretrained(e)
+    seeds = np.array([4, 5])
+    saved = load_diffusers_model(d, "saved", "cpu")  # DDPM splits the output itself and uses the variance
+    assert not saved.variance_channels_dropped
+    x, _ = sample_diffusers_seeds(saved, seeds, 6)
+    pipe = diffusers.DDPMPipeline(unet=saved.unet, scheduler=saved.make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(batch_size=2, generator=[torch.Generator().manual_seed(int(s)) for s in seeds],
+                num_inference_steps=6, output_type="np").images
+    np.testing.assert_allclose((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), want, rtol=0, atol=1e-6)
+    m = load_diffusers_model(d, "ddim", "cpu")  # DDIM has no variance to learn: it gets the first half
+    assert m.variance_channels_dropped
+    got, _ = sample_diffusers_seeds(m, seeds, 6, eta=0.5)
+    ref, _ = sample_diffusers_seeds(load_diffusers_model(e, "ddim", "cpu"), seeds, 6, eta=0.5)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # exactly the cut network's samples

@@ -138,6 +138,15 @@ class DiffusersModel:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    @property
+    def variance_channels_dropped(self) -> bool:
+        """True for a UNet with a learned variance (twice the channels out) sampled by a scheduler that does not
+        use it: only DDPM with ``variance_type`` learned or learned_range splits the output itself; every other
+        scheduler gets the first half, the ε (or x₀, v) prediction, as diffusers' own pipelines pass it."""
+        learned = self.scheduler_class == "DDPMScheduler" and \
+            self.scheduler_config.get("variance_type") in ("learned", "learned_range")
+        return int(self.unet.config.out_channels) == 2 * self.in_channels and not learned
+
     def make_scheduler(self):
         """A fresh scheduler (schedulers keep a step counter, so each batch gets its own)."""
         import diffusers
@@ -246,6 +255,8 @@ def sample_diffusers_seeds(
     with torch.no_grad():
         for t in sched.timesteps:
             out = model.unet(sched.scale_model_input(x, t), t, class_labels=labels).sample
+            if model.variance_channels_dropped:
+                out = out[:, :model.in_channels]
             # per-step noise (DDPM, DDIM with η > 0) drawn row by row from the samples' own generators
             x = sched.step(out, t, x, generator=noise.generators, **extra).prev_sample
             if callback is not None:
