@@ -14,6 +14,7 @@ left out unless the images are given separately.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,12 @@ def write_measurement(
         if figures:
             plot_histogram(m, tmp / HISTOGRAM, heldout_ratio=None if hm is None else hm.ratio)
             files.append(HISTOGRAM)
-        if figures and samples is not None and train is not None and _images(samples).ndim >= 3 and \
-                _images(train).ndim >= 3:
-            s_img, t_img = _images(samples), _images(train)  # images only, not feature vectors
-            plot_grid(m, s_img, t_img, tmp / GRID, names)
-            files.append(GRID)
-            if plot_copies(m, s_img, t_img, tmp / COPIES_GRID, names):
-                files.append(COPIES_GRID)
+            if samples is not None and train is not None and _images(samples).ndim >= 3 and _images(train).ndim >= 3:
+                s_img, t_img = _images(samples), _images(train)  # images only, not feature vectors
+                plot_grid(m, s_img, t_img, tmp / GRID, names)
+                files.append(GRID)
+                if plot_copies(m, s_img, t_img, tmp / COPIES_GRID, names):
+                    files.append(COPIES_GRID)
         cfg = cfg or MeasureConfig(threshold=m.summary["threshold"], backend=m.summary["backend"],
                                    candidates=m.summary["candidates"])
         write_manifest(tmp, "measurement", cfg, inputs=inputs or {}, files=files,
@@ -115,8 +115,6 @@ def write_measurement(
 def plot_grid_from(measurement_dir: str | os.PathLike, samples: ImageSet, train: ImageSet, path: Path) -> None:
     """The sample | NN₁ | NN₂ grid of a measurement written without figures (``figures=False``), drawn from its
     ``table.npz`` and ``summary.json`` and the images it measured (nothing is searched again)."""
-    import json
-
     d = Path(measurement_dir)
     with np.load(d / TABLE, allow_pickle=False) as z:
         table = {k: z[k] for k in ("ratio", "nn1", "nn2")}
